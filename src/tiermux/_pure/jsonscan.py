@@ -1,0 +1,112 @@
+"""Find where a top-level JSON member's value sits in a request body, without decoding it.
+
+tiermux forwards bodies as bytes and rewrites only ``model``; this scanner gives the byte span to
+splice. It is the pure twin of ``csrc/jsonscan.pyx``: same signature, results and exceptions.
+The body is expected to be valid JSON already (msgspec has decoded the routing fields from it);
+on anything else the scanner raises :class:`ScanError` rather than reading out of bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+__all__ = ["ScanError", "value_span"]
+
+
+class ScanError(ValueError):
+    """The body is not a JSON object the scanner can walk."""
+
+
+_WS = b" \t\r\n"
+# A string's body: runs of ordinary bytes or escapes, up to the closing quote.
+_STRING_TAIL = re.compile(rb'(?:[^"\\]|\\.)*"', re.DOTALL)
+_SCALAR_END = re.compile(rb"[ \t\r\n,}\]]")
+
+
+def _skip_ws(body: bytes, i: int, n: int) -> int:
+    while i < n and body[i] in _WS:
+        i += 1
+    return i
+
+
+def _string_end(body: bytes, i: int) -> int:
+    """``body[i]`` is an opening quote; return the index after the closing quote."""
+    match = _STRING_TAIL.match(body, i + 1)
+    if match is None:
+        raise ScanError(f"unterminated string at byte {i}")
+    return match.end()
+
+
+def _value_end(body: bytes, i: int, n: int) -> int:
+    if i >= n:
+        raise ScanError("unexpected end of input")
+    c = body[i]
+    if c == 0x22:  # "
+        return _string_end(body, i)
+    if c in b"{[":
+        depth = 0
+        while i < n:
+            c = body[i]
+            if c == 0x22:
+                i = _string_end(body, i)
+                continue
+            if c in b"{[":
+                depth += 1
+            elif c in b"}]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        raise ScanError("unterminated container")
+    match = _SCALAR_END.search(body, i)
+    end = n if match is None else match.start()
+    if end == i:
+        raise ScanError(f"expected a value at byte {i}")
+    return end
+
+
+def _key_matches(raw: bytes, key: bytes) -> bool:
+    if b"\\" not in raw:
+        return raw == key
+    try:  # an escaped key ("mod\u0065l") means the same member to any JSON decoder
+        return bool(json.loads(b'"' + raw + b'"').encode() == key)
+    except ValueError:
+        return False
+
+
+def value_span(body: bytes, key: bytes) -> tuple[int, int]:
+    """Return ``(start, end)`` of the value of top-level member ``key``, or ``(-1, -1)``.
+
+    With duplicate keys the last one wins, as it does for msgspec and the json module.
+    """
+    n = len(body)
+    i = _skip_ws(body, 0, n)
+    if i >= n or body[i] != 0x7B:  # {
+        raise ScanError("expected a JSON object")
+    found = (-1, -1)
+    i = _skip_ws(body, i + 1, n)
+    if i < n and body[i] == 0x7D:  # }
+        return found
+    while True:
+        if i >= n or body[i] != 0x22:
+            raise ScanError(f"expected a member name at byte {i}")
+        key_end = _string_end(body, i)
+        raw_key = body[i + 1 : key_end - 1]
+        i = _skip_ws(body, key_end, n)
+        if i >= n or body[i] != 0x3A:  # :
+            raise ScanError(f"expected ':' at byte {i}")
+        i = _skip_ws(body, i + 1, n)
+        start = i
+        i = _value_end(body, i, n)
+        if _key_matches(raw_key, key):
+            found = (start, i)
+        i = _skip_ws(body, i, n)
+        if i >= n:
+            raise ScanError("unterminated object")
+        c = body[i]
+        if c == 0x7D:
+            return found
+        if c != 0x2C:  # ,
+            raise ScanError(f"expected ',' or '}}' at byte {i}")
+        i = _skip_ws(body, i + 1, n)

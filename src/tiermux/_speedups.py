@@ -1,0 +1,34 @@
+"""The one place that chooses compiled or pure-Python hot-path code.
+
+Every module built from ``csrc/`` has a twin under ``tiermux._pure`` with the same names, results and
+exceptions. ``TIERMUX_NO_EXTENSIONS=1`` forces the twins; otherwise the compiled modules are used
+when they were built, and the twins when they were not (an install without a compiler still works).
+Nothing else in the package imports ``tiermux._ext`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = ["COMPILED", "NO_EXTENSIONS", "h1client", "jsonscan"]
+
+NO_EXTENSIONS: bool = os.environ.get("TIERMUX_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def _load() -> tuple[bool, ModuleType, ModuleType]:
+    if not NO_EXTENSIONS:
+        try:
+            from tiermux._ext import h1client as c_h1client
+            from tiermux._ext import jsonscan as c_jsonscan
+        except ImportError:
+            pass
+        else:
+            return True, c_jsonscan, c_h1client
+    from tiermux._pure import h1client as py_h1client
+    from tiermux._pure import jsonscan as py_jsonscan
+
+    return False, py_jsonscan, py_h1client
+
+
+COMPILED, jsonscan, h1client = _load()

@@ -1,0 +1,33 @@
+"""Which upstream response headers reach the client, and the ones tiermux adds."""
+
+from __future__ import annotations
+
+__all__ = ["JSON_HEADERS", "relayed_headers"]
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the serving layer writes itself.
+_NOT_RELAYED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"date",
+        b"server",
+    }
+)
+
+JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+
+
+def relayed_headers(
+    upstream: list[tuple[bytes, bytes]], added: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's end-to-end headers (names already lower-case), then ``added``."""
+    headers = [header for header in upstream if header[0] not in _NOT_RELAYED]
+    headers.extend(added)
+    return headers

@@ -1,0 +1,184 @@
+"""The ASGI application: dispatch by path and method, lifespan, and the small endpoints.
+
+Raw ASGI on purpose: no per-request Request/Response objects; the header lists and fixed bodies of
+the small endpoints are built once here. Errors raised by a handler before it started its
+response become OpenAI-style error JSON; nothing escapes as a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
+from tiermux.api.headers import JSON_HEADERS
+from tiermux.api.wire import ModelCard, ModelList
+from tiermux.config import Config, load_config
+from tiermux.proxy import Forwarder, Receive, Scope, Send
+from tiermux.routing.resolver import Resolver
+from tiermux.upstream.backend import Backend
+
+__all__ = ["CONFIG_ENV", "TiermuxApp", "create_app"]
+
+CONFIG_ENV = "TIERMUX_CONFIG"
+TICK_SECONDS = 1.0
+READY_CACHE_SECONDS = 2.0
+
+logger = logging.getLogger("tiermux")
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Started:
+    """Wraps ``send`` to remember whether the response has begun (errors can't be sent after)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Any) -> None:
+        self.started = True
+        await self.send(message)
+
+
+class TiermuxApp:
+    """tiermux as an ASGI application, built from a validated :class:`Config`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.resolver = Resolver(config)
+        self.backends = {b.name: Backend(b) for b in config.backends}
+        self.forwarder = Forwarder(self.resolver, self.backends, config.server.max_body_bytes)
+        forward = self.forwarder
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": lambda s, r, w: forward("/chat/completions", s, r, w)},
+            "/v1/completions": {"POST": lambda s, r, w: forward("/completions", s, r, w)},
+            "/v1/embeddings": {"POST": lambda s, r, w: forward("/embeddings", s, r, w)},
+            "/v1/models": {"GET": self._models},
+            "/health": {"GET": self._health},
+            "/ready": {"GET": self._ready},
+        }
+        models = ModelList([ModelCard(name) for name in self.resolver.model_names])
+        self._models_body = msgspec.json.encode(models)
+        self._ready_at = 0.0
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<TiermuxApp backends={list(self.backends)} tiers={list(self.config.tiers)}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        handlers = self._routes.get(path)
+        if handlers is None:
+            await _send_error(send, NotFound(f"Invalid URL ({method} {path})"))
+            return
+        handler = handlers.get(method)
+        if handler is None:
+            allowed = ", ".join(handlers)
+            await _send_error(send, MethodNotAllowed(f"Method {method} not allowed; use {allowed}"),
+                              [(b"allow", allowed.encode())])
+            return
+        tracked = _Started(send)
+        try:
+            await handler(scope, receive, tracked)
+        except ProxyError as exc:
+            if not tracked.started:
+                await _send_error(send, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("unhandled error serving %s %s", method, path)
+            if not tracked.started:
+                await _send_error(send, ProxyError("internal error in tiermux"))
+
+    # --- small endpoints -----------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, self._models_body)
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, b'{"status":"ok"}')
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ready when at least one backend accepts a connection (checked at most every 2 s)."""
+        now = time.monotonic()
+        if now - self._ready_at > READY_CACHE_SECONDS:
+            for backend in self.backends.values():
+                if await backend.pool.probe():
+                    self._ready_at = now
+                    break
+        if now - self._ready_at <= READY_CACHE_SECONDS:
+            await _send_json(send, 200, b'{"status":"ready"}')
+        else:
+            await _send_error(send, _NotReady("no backend is reachable"))
+
+    # --- lifespan ------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def start(self) -> None:
+        """Start per-tick housekeeping on the running loop."""
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for backend in self.backends.values():
+            backend.pool.sweep(now)
+        self._ticker = loop.call_later(TICK_SECONDS, self._tick)
+
+    async def aclose(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        for backend in self.backends.values():
+            await backend.aclose()
+
+
+class _NotReady(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: ProxyError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _send_json(send, error.status, error.body(), JSON_HEADERS + extra if extra else None)
+
+
+def create_app(config_path: str | None = None) -> TiermuxApp:
+    """Build the app from ``config_path`` or the file named by ``$TIERMUX_CONFIG`` (Granian's factory)."""
+    path = config_path or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise RuntimeError(f"no config: pass a path or set {CONFIG_ENV}")
+    return TiermuxApp(load_config(path))

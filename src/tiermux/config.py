@@ -1,0 +1,244 @@
+"""Configuration: YAML in, validated msgspec Structs out.
+
+Loading is three steps, each with its own way to fail, and every failure names the file and the
+field path (``$.backends[1].price.input``):
+
+1. YAML is parsed (syntax errors carry the line and column);
+2. ``${VAR}`` and ``${VAR:-default}`` are expanded in every string, where the path is still known;
+3. the tree is converted to Structs (unknown keys and wrong types are rejected by msgspec), then the
+   cross-references that types can't express are checked (tiers name backends, aliases name tiers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+import yaml
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "Price",
+    "RoutingConfig",
+    "ServerConfig",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+]
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration that tiermux refuses to start with; ``str()`` names the file and field."""
+
+    def __init__(self, source: str, path: str, message: str) -> None:
+        self.source = source
+        self.path = path
+        self.message = message
+        where = f"{source}: at {path}: " if path else f"{source}: "
+        super().__init__(where + message)
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Base of every config Struct: a typo in a key is an error, not a silently ignored setting."""
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ServerConfig(_Strict):
+    """Where and how tiermux listens."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    workers: PositiveInt | None = None
+    """Worker processes; ``None`` means one per CPU."""
+    max_body_bytes: PositiveInt = 16 * MiB
+    drain_timeout: PositiveFloat = 30.0
+    """Seconds in-flight requests get to finish after SIGTERM before workers are killed."""
+    backlog: PositiveInt = 1024
+
+
+class Price(_Strict):
+    """USD per one million tokens."""
+
+    input: NonNegativeFloat = 0.0
+    output: NonNegativeFloat = 0.0
+
+
+class Timeouts(_Strict):
+    """Seconds. ``read`` bounds the silence between two reads, not the whole answer."""
+
+    connect: PositiveFloat = 5.0
+    read: PositiveFloat = 300.0
+
+
+class BackendConfig(_Strict):
+    """One model endpoint. ``base_url`` is what the OpenAI SDK would take (``.../v1``)."""
+
+    name: str
+    base_url: str
+    model: str
+    type: Literal["openai"] = "openai"
+    api_key: str = ""
+    api_key_file: str | None = None
+    price: Price = Price()
+    timeout: Timeouts = Timeouts()
+    max_connections: PositiveInt = 256
+    idle_timeout: PositiveFloat = 60.0
+    verify_tls: bool = True
+    ca_file: str | None = None
+    headers: dict[str, str] = {}
+
+    def __repr__(self) -> str:  # the key must never reach a log line
+        key = "'***'" if self.api_key else "''"
+        return f"BackendConfig(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+
+
+class RoutingConfig(_Strict):
+    """How the ``model`` a client sends picks a tier."""
+
+    default_tier: str | None = None
+    """Tier for ``model: "auto"``; the first tier when unset."""
+    aliases: dict[str, str] = {}
+    """Model names clients may send, each mapped to a tier name."""
+
+
+class Config(_Strict):
+    """The whole file."""
+
+    backends: list[BackendConfig]
+    tiers: dict[str, list[str]]
+    server: ServerConfig = ServerConfig()
+    routing: RoutingConfig = RoutingConfig()
+
+    @property
+    def default_tier(self) -> str:
+        return self.routing.default_tier or next(iter(self.tiers))
+
+
+# --- step 2: environment expansion -------------------------------------------------------------
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_FIELDS = frozenset({"api_key"})
+
+
+def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            child = f"{path}.{key}"
+            if key in _SECRET_FIELDS and isinstance(value, str) and value and "${" not in value:
+                raise ConfigError(
+                    source, child, "API keys are read from the environment: write ${VAR} or use api_key_file"
+                )
+            out[key] = _expand(value, child, env, source)
+        return out
+    if isinstance(node, list):
+        return [_expand(item, f"{path}[{i}]", env, source) for i, item in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    raise ConfigError(source, path, f"environment variable {name} is not set")
+                return default
+            return value
+
+        return _REFERENCE.sub(substitute, node)
+    return node
+
+
+# --- step 3: cross-references ------------------------------------------------------------------
+
+
+def _check_references(config: Config, source: str) -> None:
+    seen: set[str] = set()
+    for i, backend in enumerate(config.backends):
+        where = f"$.backends[{i}]"
+        if backend.name in seen:
+            raise ConfigError(source, f"{where}.name", f"duplicate backend name {backend.name!r}")
+        seen.add(backend.name)
+        url = urlsplit(backend.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                source, f"{where}.base_url", f"expected an http:// or https:// URL, got {backend.base_url!r}"
+            )
+        if backend.api_key and backend.api_key_file:
+            raise ConfigError(source, f"{where}.api_key_file", "set api_key or api_key_file, not both")
+        if backend.api_key_file and not Path(backend.api_key_file).is_file():
+            raise ConfigError(source, f"{where}.api_key_file", f"no such file: {backend.api_key_file}")
+    if not config.backends:
+        raise ConfigError(source, "$.backends", "at least one backend is required")
+    if not config.tiers:
+        raise ConfigError(source, "$.tiers", "at least one tier is required")
+    for tier, chain in config.tiers.items():
+        if not chain:
+            raise ConfigError(source, f"$.tiers.{tier}", "a tier needs at least one backend")
+        for j, name in enumerate(chain):
+            if name not in seen:
+                raise ConfigError(source, f"$.tiers.{tier}[{j}]", f"unknown backend {name!r}")
+    routing = config.routing
+    if routing.default_tier is not None and routing.default_tier not in config.tiers:
+        raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
+    for alias, tier in routing.aliases.items():
+        if tier not in config.tiers:
+            raise ConfigError(source, f"$.routing.aliases.{alias}", f"unknown tier {tier!r}")
+
+
+def _locate(error: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's ``"message - at `$.path`"`` into ``(path, message)``."""
+    text = str(error)
+    message, sep, where = text.rpartition(" - at ")
+    if not sep:
+        return "$", text
+    return where.strip("`"), message
+
+
+def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse YAML text into a validated :class:`Config`, or raise :class:`ConfigError`."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "", f"invalid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(source, "$", "expected a mapping at the top level")
+    tree = _expand(tree, "$", os.environ if env is None else env, source)
+    try:
+        # strict=False lets "${PORT:-8080}" (a string) fill an int field; types are still checked.
+        config = msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        path, message = _locate(exc)
+        raise ConfigError(source, path, message) from None
+    _check_references(config, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at ``path``."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    return parse_config(text, source, env)
+
+
+def read_api_key(backend: BackendConfig) -> str:
+    """The backend's key, from the environment (already expanded) or its secrets file."""
+    if backend.api_key_file:
+        return Path(backend.api_key_file).read_text(encoding="utf-8").strip()
+    return backend.api_key

@@ -1,0 +1,202 @@
+"""The hot path: one OpenAI-style request from the client to a backend and its answer back.
+
+    read body (bounded) -> decode routing fields -> resolve route -> splice ``model``
+    -> try the chain's backends in order until one answers -> relay the answer
+
+Failover happens only before the client has received a byte: connection errors, timeouts and
+5xx answers move to the next backend of the chain. A non-streaming answer is read whole before
+anything is sent, so that a backend failing mid-answer can still be replaced; a stream is relayed
+chunk by chunk as it arrives, and if it breaks the client gets an SSE error event and a clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from tiermux._speedups import jsonscan
+from tiermux.api.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ProxyError,
+    UpstreamFailure,
+)
+from tiermux.api.headers import relayed_headers
+from tiermux.api.wire import decode_routing_fields
+from tiermux.routing.resolver import Resolver, Route
+from tiermux.upstream.backend import Backend
+from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
+from tiermux.upstream.pool import Response
+
+__all__ = ["Forwarder"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+logger = logging.getLogger("tiermux.proxy")
+
+# Answers that say "this backend can't serve now" rather than "this request is wrong".
+_FAILOVER_STATUSES = frozenset({500, 502, 503, 504, 529})
+
+
+def _client_error(exc: UpstreamError, backend: Backend) -> UpstreamFailure:
+    """Map a client-layer failure to the most specific error a client may see."""
+    if isinstance(exc, ConnectTimeout | ReadTimeout):
+        return GatewayTimeout(f"backend {backend.name!r} timed out: {exc}")
+    return BadGateway(f"backend {backend.name!r} failed: {exc}")
+
+
+class Forwarder:
+    """Forwards requests for the OpenAI endpoints that carry a ``model``."""
+
+    def __init__(self, resolver: Resolver, backends: dict[str, Backend], max_body_bytes: int) -> None:
+        self.resolver = resolver
+        self.backends = backends
+        self.max_body_bytes = max_body_bytes
+        self._route_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+
+    def _added_headers(self, route: Route, backend: Backend) -> list[tuple[bytes, bytes]]:
+        key = (route.tier, backend.name)
+        headers = self._route_headers.get(key)
+        if headers is None:
+            headers = [
+                (b"x-tiermux-tier", route.tier.encode()),
+                (b"x-tiermux-backend", backend.name.encode()),
+            ]
+            self._route_headers[key] = headers
+        return headers
+
+    async def read_body(self, receive: Receive) -> bytes:
+        """The whole request body, refused with 413 past the limit (chunked uploads included)."""
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError("client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.read_body(receive)
+        try:
+            fields = decode_routing_fields(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"Invalid request body: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+        if fields.model is None:
+            raise BadRequest("You must provide a model parameter.", param="model")
+        route = self.resolver.resolve(fields.model)
+        start, end = jsonscan.value_span(body, b"model")
+        backend, response, payload = await self._forward(route, endpoint, body, start, end)
+        headers = relayed_headers(response.headers, self._added_headers(route, backend))
+        if payload is not None:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+        else:
+            await self._relay_stream(response, headers, receive, send)
+
+    async def _forward(
+        self, route: Route, endpoint: str, body: bytes, start: int, end: int
+    ) -> tuple[Backend, Response, bytes | None]:
+        """Try the route's backends in order; return the first usable answer.
+
+        For a non-streaming answer the body is read here too (``payload``), so that a failure
+        while reading it still fails over; streams are returned with only their headers read.
+        """
+        head, tail = body[:start], body[end:]
+        chain = route.backends
+        last = len(chain) - 1
+        failure: ProxyError | None = None
+        for attempt, name in enumerate(chain):
+            backend = self.backends[name]
+            try:
+                response = await backend.send("POST", endpoint, head + backend.model_json + tail)
+            except UpstreamError as exc:
+                failure = _client_error(exc, backend)
+                logger.warning("backend %s: %s", name, exc)
+                continue
+            if attempt < last and response.status in _FAILOVER_STATUSES:
+                logger.warning("backend %s answered %d; trying the next one", name, response.status)
+                failure = None
+                try:
+                    await response.read_all()  # drain, so the connection stays usable
+                except UpstreamError:
+                    pass
+                response.close()
+                continue
+            if _is_stream(response):
+                return backend, response, None
+            try:
+                payload = await response.read_all()
+            except UpstreamError as exc:
+                failure = _client_error(exc, backend)
+                logger.warning("backend %s: %s", name, exc)
+                continue
+            finally:
+                response.close()
+            return backend, response, payload
+        raise failure or BadGateway("no backend of the chain could answer")
+
+    async def _relay_stream(
+        self, response: Response, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
+    ) -> None:
+        """Relay chunk by chunk; a client that leaves cancels the upstream exchange."""
+        watcher = asyncio.ensure_future(_close_on_disconnect(receive, response))
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            while True:
+                try:
+                    chunk = await response.read()
+                except UpstreamError as exc:
+                    if watcher.done():  # the client left; nobody to tell
+                        return
+                    logger.warning("stream broken by the backend: %s", exc)
+                    error = BadGateway(f"the backend stream broke: {exc}")
+                    await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+                    break
+                if not chunk:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+            response.close()
+
+
+def _is_stream(response: Response) -> bool:
+    """An answer to relay as it comes: SSE, or any body of unannounced length."""
+    has_length = False
+    for name, value in response.headers:
+        if name == b"content-type" and value.startswith(b"text/event-stream"):
+            return True
+        if name == b"content-length":
+            has_length = True
+    return not has_length
+
+
+async def _close_on_disconnect(receive: Receive, response: Response) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            response.close()
+            return

@@ -1,0 +1,50 @@
+"""Run tiermux under Granian: ASGI interface, uvloop, N worker processes.
+
+Granian's defaults are not ours: its default interface is RSGI and ``loop=auto`` may pick rloop, so
+both are set explicitly. Workers import :func:`tiermux.app.create_app` as a factory and read the
+config path from the environment, which they inherit from this process.
+
+On SIGTERM or SIGINT Granian stops accepting connections and lets each worker finish the
+requests it holds; a worker still busy after ``drain_timeout`` seconds is killed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from tiermux.app import CONFIG_ENV
+
+__all__ = ["serve"]
+
+
+def serve(
+    config_path: Path,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    drain_timeout: float = 30.0,
+    backlog: int = 1024,
+    log_level: str = "info",
+) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    os.environ[CONFIG_ENV] = str(config_path)
+    server = Server(
+        "tiermux.app:create_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        workers=workers,
+        backlog=backlog,
+        workers_kill_timeout=max(1, math.ceil(drain_timeout)),
+        respawn_failed_workers=True,
+        log_level=LogLevels(log_level),
+    )
+    server.serve()

@@ -1,0 +1,205 @@
+"""A keep-alive connection pool for one backend origin.
+
+Idle connections are kept in a stack (the most recently used is the warmest and least likely to
+have been closed by the server); at most ``max_connections`` are open at once and requests beyond
+that wait in FIFO order for one to be freed. A connection freed while someone waits is handed over
+directly. Idle connections older than ``idle_timeout`` are closed by :meth:`sweep`, run per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+from tiermux._speedups import h1client
+from tiermux.upstream.errors import ConnectError, ConnectionClosed, ConnectTimeout, UpstreamError
+
+__all__ = ["ConnectionPool", "Origin"]
+
+Connection = h1client.Connection
+Response = h1client.Response
+
+
+class Origin:
+    """Where a backend lives: scheme, host and port, and the TLS context for https."""
+
+    __slots__ = ("host", "port", "scheme", "server_hostname", "ssl")
+
+    def __init__(
+        self, scheme: str, host: str, port: int, *, verify_tls: bool = True, ca_file: str | None = None
+    ) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.ssl: ssl.SSLContext | None = None
+        self.server_hostname: str | None = None
+        if scheme == "https":
+            context = ssl.create_default_context(cafile=ca_file)
+            if not verify_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(["http/1.1"])
+            self.ssl = context
+            self.server_hostname = host
+
+    def __repr__(self) -> str:
+        return f"<Origin {self.scheme}://{self.host}:{self.port}>"
+
+
+class ConnectionPool:
+    """Connections to one origin, reused across requests."""
+
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        max_connections: int = 256,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.origin = origin
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self._idle: list[Connection] = []
+        self._open = 0  # connected, connecting, or busy: everything that counts against the limit
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionPool {self.origin.host}:{self.origin.port} open={self._open} "
+            f"idle={len(self._idle)} waiting={len(self._waiters)} max={self.max_connections}>"
+        )
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def request(self, data: bytes, read_timeout: float) -> Response:
+        """Send one serialised request and return its answer once the headers are in.
+
+        A kept-alive connection that the server closed while we weren't looking fails before any
+        answer byte; that request is sent again once, on a fresh connection, as httpcore and
+        aiohttp do. Any other failure is the caller's to handle (failover, error to the client).
+        """
+        conn = await self.acquire()
+        try:
+            return await self._exchange(conn, data, read_timeout)
+        except ConnectionClosed as exc:
+            if conn.requests > 1 and not exc.response_started:
+                return await self._exchange(await self._connect(), data, read_timeout)
+            raise
+
+    @staticmethod
+    async def _exchange(conn: Connection, data: bytes, read_timeout: float) -> Response:
+        response = conn.send(data, read_timeout)
+        try:
+            await response.start()
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    async def acquire(self) -> Connection:
+        """A connection ready for one request: idle, new, or the next one freed."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        if self._open < self.max_connections:
+            return await self._connect()
+        while True:
+            waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._release(waiter.result())  # handed over just as we gave up: pass it on
+                raise
+            if handed is not None:
+                return handed
+            if self._open < self.max_connections:  # a slot was freed: open a connection in it
+                return await self._connect()
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        origin = self.origin
+        self._open += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: Connection(self, loop),
+                    origin.host,
+                    origin.port,
+                    ssl=origin.ssl,
+                    server_hostname=origin.server_hostname,
+                ),
+                self.connect_timeout,
+            )
+        except BaseException as exc:
+            self._open -= 1
+            self._wake_waiter(None)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise ConnectTimeout(
+                    f"no connection to {origin.host}:{origin.port} within {self.connect_timeout:g}s"
+                ) from None
+            if isinstance(exc, OSError):
+                raise ConnectError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from None
+            raise
+        return conn
+
+    def _wake_waiter(self, conn: Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
+
+    # --- called by connections -----------------------------------------------------------------
+
+    def _release(self, conn: Connection) -> None:
+        if self._closed:
+            conn.close()
+        elif not self._wake_waiter(conn):
+            self._idle.append(conn)
+
+    def _discard(self, conn: Connection) -> None:
+        self._open -= 1
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._wake_waiter(None)
+
+    async def probe(self, timeout: float = 1.0) -> bool:
+        """Whether the origin accepts a connection now (a kept-alive one counts)."""
+        try:
+            conn = await asyncio.wait_for(self.acquire(), timeout)
+        except (UpstreamError, asyncio.TimeoutError):
+            return False
+        self._release(conn)
+        return True
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections unused for ``idle_timeout`` (run per tick, not per request)."""
+        deadline = now - self.idle_timeout
+        stale = [conn for conn in self._idle if conn.idle_since < deadline]
+        for conn in stale:
+            conn.close()  # _discard takes it off the idle stack
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conn in list(self._idle):
+            conn.close()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.cancel()
