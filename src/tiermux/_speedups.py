@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 __all__ = ["COMPILED", "NO_EXTENSIONS", "h1client", "jsonscan"]
 
@@ -31,4 +32,9 @@ def _load() -> tuple[bool, ModuleType, ModuleType]:
     return False, py_jsonscan, py_h1client
 
 
-COMPILED, jsonscan, h1client = _load()
+if TYPE_CHECKING:  # both twins share one interface; type-check against the pure one
+    from tiermux._pure import h1client, jsonscan
+
+    COMPILED: bool
+else:
+    COMPILED, jsonscan, h1client = _load()

@@ -1,18 +1,18 @@
 """The ASGI application: dispatch by path and method, lifespan, and the small endpoints.
 
 Raw ASGI on purpose: no per-request Request/Response objects; the header lists and fixed bodies of
-the small endpoints are built once here. Errors raised by a handler before it started its
-response become OpenAI-style error JSON; nothing escapes as a stack trace.
+the small endpoints are built once here. Errors raised by a handler (always before its response
+starts) become OpenAI-style error JSON; nothing escapes as a stack trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 
@@ -20,7 +20,7 @@ from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList
 from tiermux.config import Config, load_config
-from tiermux.proxy import Forwarder, Receive, Scope, Send
+from tiermux.proxy import ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.resolver import Resolver
 from tiermux.upstream.backend import Backend
 
@@ -33,20 +33,6 @@ READY_CACHE_SECONDS = 2.0
 logger = logging.getLogger("tiermux")
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _Started:
-    """Wraps ``send`` to remember whether the response has begun (errors can't be sent after)."""
-
-    __slots__ = ("send", "started")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.started = False
-
-    async def __call__(self, message: Any) -> None:
-        self.started = True
-        await self.send(message)
 
 
 class TiermuxApp:
@@ -91,20 +77,23 @@ class TiermuxApp:
         handler = handlers.get(method)
         if handler is None:
             allowed = ", ".join(handlers)
-            await _send_error(send, MethodNotAllowed(f"Method {method} not allowed; use {allowed}"),
-                              [(b"allow", allowed.encode())])
+            await _send_error(
+                send,
+                MethodNotAllowed(f"Method {method} not allowed; use {allowed}"),
+                [(b"allow", allowed.encode())],
+            )
             return
-        tracked = _Started(send)
         try:
-            await handler(scope, receive, tracked)
+            await handler(scope, receive, send)
+        except ClientDisconnected:
+            return
         except ProxyError as exc:
-            if not tracked.started:
-                await _send_error(send, exc)
-        except asyncio.CancelledError:
-            raise
+            # Handlers raise ProxyError only before their response starts; once a stream has
+            # begun, they report failures in-band themselves.
+            await _send_error(send, exc)
         except Exception:
             logger.exception("unhandled error serving %s %s", method, path)
-            if not tracked.started:
+            with contextlib.suppress(Exception):  # the response may already have started
                 await _send_error(send, ProxyError("internal error in tiermux"))
 
     # --- small endpoints -----------------------------------------------------------------------
@@ -167,7 +156,9 @@ class _NotReady(ProxyError):
     code = "not_ready"
 
 
-async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers or JSON_HEADERS})
     await send({"type": "http.response.body", "body": body})
 

@@ -69,12 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tiermux {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the proxy", description="Run the proxy with Granian workers.")
+    serve = commands.add_parser(
+        "serve", help="run the proxy", description="Run the proxy with Granian workers."
+    )
     serve.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
     serve.add_argument(
-        "--workers", type=int, metavar="N", help="worker processes (default: server.workers, else one per CPU)"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (default: server.workers, else one per CPU)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
@@ -82,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser(
-        "check", help="validate a config file", description="Validate a config; exit 2 naming the field if wrong."
+        "check",
+        help="validate a config file",
+        description="Validate a config; exit 2 naming the field if wrong.",
     )
     check.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
     check.set_defaults(run=_check)
@@ -91,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     code: int = args.run(args)
     return code

@@ -57,7 +57,7 @@ NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class ServerConfig(_Strict):
+class ServerConfig(_Strict, frozen=True):
     """Where and how tiermux listens."""
 
     host: str = "127.0.0.1"
@@ -70,21 +70,21 @@ class ServerConfig(_Strict):
     backlog: PositiveInt = 1024
 
 
-class Price(_Strict):
+class Price(_Strict, frozen=True):
     """USD per one million tokens."""
 
     input: NonNegativeFloat = 0.0
     output: NonNegativeFloat = 0.0
 
 
-class Timeouts(_Strict):
+class Timeouts(_Strict, frozen=True):
     """Seconds. ``read`` bounds the silence between two reads, not the whole answer."""
 
     connect: PositiveFloat = 5.0
     read: PositiveFloat = 300.0
 
 
-class BackendConfig(_Strict):
+class BackendConfig(_Strict, frozen=True):
     """One model endpoint. ``base_url`` is what the OpenAI SDK would take (``.../v1``)."""
 
     name: str
@@ -103,10 +103,13 @@ class BackendConfig(_Strict):
 
     def __repr__(self) -> str:  # the key must never reach a log line
         key = "'***'" if self.api_key else "''"
-        return f"BackendConfig(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+        return (
+            f"BackendConfig(name={self.name!r}, base_url={self.base_url!r}, "
+            f"model={self.model!r}, api_key={key})"
+        )
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(_Strict, frozen=True):
     """How the ``model`` a client sends picks a tier."""
 
     default_tier: str | None = None
@@ -115,7 +118,7 @@ class RoutingConfig(_Strict):
     """Model names clients may send, each mapped to a tier name."""
 
 
-class Config(_Strict):
+class Config(_Strict, frozen=True):
     """The whole file."""
 
     backends: list[BackendConfig]
@@ -177,6 +180,10 @@ def _check_references(config: Config, source: str) -> None:
             raise ConfigError(
                 source, f"{where}.base_url", f"expected an http:// or https:// URL, got {backend.base_url!r}"
             )
+        for header, value in [("api_key", backend.api_key), *backend.headers.items()]:
+            if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
+                field = header if header == "api_key" else f"headers.{header}"
+                raise ConfigError(source, f"{where}.{field}", "line breaks are not allowed in header values")
         if backend.api_key and backend.api_key_file:
             raise ConfigError(source, f"{where}.api_key_file", "set api_key or api_key_file, not both")
         if backend.api_key_file and not Path(backend.api_key_file).is_file():

@@ -12,13 +12,14 @@ chunk by chunk as it arrives, and if it breaks the client gets an SSE error even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
 
-from tiermux._speedups import jsonscan
+from tiermux._speedups import h1client, jsonscan
 from tiermux.api.errors import (
     BadGateway,
     BadRequest,
@@ -32,15 +33,19 @@ from tiermux.api.wire import decode_routing_fields
 from tiermux.routing.resolver import Resolver, Route
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
-from tiermux.upstream.pool import Response
 
-__all__ = ["Forwarder"]
+__all__ = ["ClientDisconnected", "Forwarder"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger("tiermux.proxy")
+
+
+class ClientDisconnected(Exception):
+    """The client left before its request was read; there is nobody to answer."""
+
 
 # Answers that say "this backend can't serve now" rather than "this request is wrong".
 _FAILOVER_STATUSES = frozenset({500, 502, 503, 504, 529})
@@ -86,7 +91,7 @@ class Forwarder:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError("client went away")
+                raise ClientDisconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -117,7 +122,7 @@ class Forwarder:
 
     async def _forward(
         self, route: Route, endpoint: str, body: bytes, start: int, end: int
-    ) -> tuple[Backend, Response, bytes | None]:
+    ) -> tuple[Backend, h1client.Response, bytes | None]:
         """Try the route's backends in order; return the first usable answer.
 
         For a non-streaming answer the body is read here too (``payload``), so that a failure
@@ -138,10 +143,8 @@ class Forwarder:
             if attempt < last and response.status in _FAILOVER_STATUSES:
                 logger.warning("backend %s answered %d; trying the next one", name, response.status)
                 failure = None
-                try:
+                with contextlib.suppress(UpstreamError):
                     await response.read_all()  # drain, so the connection stays usable
-                except UpstreamError:
-                    pass
                 response.close()
                 continue
             if _is_stream(response):
@@ -158,7 +161,7 @@ class Forwarder:
         raise failure or BadGateway("no backend of the chain could answer")
 
     async def _relay_stream(
-        self, response: Response, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
+        self, response: h1client.Response, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
     ) -> None:
         """Relay chunk by chunk; a client that leaves cancels the upstream exchange."""
         watcher = asyncio.ensure_future(_close_on_disconnect(receive, response))
@@ -183,7 +186,7 @@ class Forwarder:
             response.close()
 
 
-def _is_stream(response: Response) -> bool:
+def _is_stream(response: h1client.Response) -> bool:
     """An answer to relay as it comes: SSE, or any body of unannounced length."""
     has_length = False
     for name, value in response.headers:
@@ -194,7 +197,7 @@ def _is_stream(response: Response) -> bool:
     return not has_length
 
 
-async def _close_on_disconnect(receive: Receive, response: Response) -> None:
+async def _close_on_disconnect(receive: Receive, response: h1client.Response) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

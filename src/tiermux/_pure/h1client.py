@@ -94,7 +94,7 @@ class Response:
         if self.complete and len(self._chunks) == 1:
             self._buffered = 0
             return self._chunks.popleft()
-        parts = []
+        parts: list[bytes] = []
         while True:
             data = await self.read()
             if not data:
@@ -170,7 +170,7 @@ class Response:
         conn.abort()
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """An asyncio protocol for one keep-alive HTTP/1.1 connection to a backend."""
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:

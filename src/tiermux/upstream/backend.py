@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 import msgspec
 
 from tiermux import __version__
+from tiermux._speedups import h1client
 from tiermux.config import BackendConfig, read_api_key
-from tiermux.upstream.pool import ConnectionPool, Origin, Response
+from tiermux.upstream.pool import ConnectionPool, Origin
 
 __all__ = ["Backend"]
 
@@ -66,17 +67,18 @@ class Backend:
 
     def serialise(self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b"") -> bytes:
         """The complete request for ``endpoint`` (relative to ``base_url``, e.g. ``/chat/completions``)."""
-        if body:
-            length = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
-        else:
-            length = b""
+        length = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body) if body else b""
         return b"".join(
             (self._request_line(method, endpoint), self._fixed_headers, extra_headers, length, b"\r\n", body)
         )
 
-    async def send(self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b"") -> Response:
+    async def send(
+        self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b""
+    ) -> h1client.Response:
         """Send a request and return the answer once its headers are in."""
-        return await self.pool.request(self.serialise(method, endpoint, body, extra_headers), self.read_timeout)
+        return await self.pool.request(
+            self.serialise(method, endpoint, body, extra_headers), self.read_timeout
+        )
 
     async def aclose(self) -> None:
         await self.pool.aclose()

@@ -17,9 +17,6 @@ from tiermux.upstream.errors import ConnectError, ConnectionClosed, ConnectTimeo
 
 __all__ = ["ConnectionPool", "Origin"]
 
-Connection = h1client.Connection
-Response = h1client.Response
-
 
 class Origin:
     """Where a backend lives: scheme, host and port, and the TLS context for https."""
@@ -62,9 +59,9 @@ class ConnectionPool:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
-        self._idle: list[Connection] = []
+        self._idle: list[h1client.Connection] = []
         self._open = 0  # connected, connecting, or busy: everything that counts against the limit
-        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._waiters: deque[asyncio.Future[h1client.Connection | None]] = deque()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -81,7 +78,7 @@ class ConnectionPool:
     def idle_connections(self) -> int:
         return len(self._idle)
 
-    async def request(self, data: bytes, read_timeout: float) -> Response:
+    async def request(self, data: bytes, read_timeout: float) -> h1client.Response:
         """Send one serialised request and return its answer once the headers are in.
 
         A kept-alive connection that the server closed while we weren't looking fails before any
@@ -97,7 +94,7 @@ class ConnectionPool:
             raise
 
     @staticmethod
-    async def _exchange(conn: Connection, data: bytes, read_timeout: float) -> Response:
+    async def _exchange(conn: h1client.Connection, data: bytes, read_timeout: float) -> h1client.Response:
         response = conn.send(data, read_timeout)
         try:
             await response.start()
@@ -106,7 +103,7 @@ class ConnectionPool:
             raise
         return response
 
-    async def acquire(self) -> Connection:
+    async def acquire(self) -> h1client.Connection:
         """A connection ready for one request: idle, new, or the next one freed."""
         while self._idle:
             conn = self._idle.pop()
@@ -115,27 +112,28 @@ class ConnectionPool:
         if self._open < self.max_connections:
             return await self._connect()
         while True:
-            waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[h1client.Connection | None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 handed = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._release(waiter.result())  # handed over just as we gave up: pass it on
+                late = waiter.result() if waiter.done() and not waiter.cancelled() else None
+                if late is not None:
+                    self._release(late)  # handed over just as we gave up: pass it on
                 raise
             if handed is not None:
                 return handed
             if self._open < self.max_connections:  # a slot was freed: open a connection in it
                 return await self._connect()
 
-    async def _connect(self) -> Connection:
+    async def _connect(self) -> h1client.Connection:
         loop = asyncio.get_running_loop()
         origin = self.origin
         self._open += 1
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Connection(self, loop),
+                    lambda: h1client.Connection(self, loop),
                     origin.host,
                     origin.port,
                     ssl=origin.ssl,
@@ -155,7 +153,7 @@ class ConnectionPool:
             raise
         return conn
 
-    def _wake_waiter(self, conn: Connection | None) -> bool:
+    def _wake_waiter(self, conn: h1client.Connection | None) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -165,13 +163,13 @@ class ConnectionPool:
 
     # --- called by connections -----------------------------------------------------------------
 
-    def _release(self, conn: Connection) -> None:
+    def _release(self, conn: h1client.Connection) -> None:
         if self._closed:
             conn.close()
         elif not self._wake_waiter(conn):
             self._idle.append(conn)
 
-    def _discard(self, conn: Connection) -> None:
+    def _discard(self, conn: h1client.Connection) -> None:
         self._open -= 1
         if conn in self._idle:
             self._idle.remove(conn)
@@ -181,7 +179,7 @@ class ConnectionPool:
         """Whether the origin accepts a connection now (a kept-alive one counts)."""
         try:
             conn = await asyncio.wait_for(self.acquire(), timeout)
-        except (UpstreamError, asyncio.TimeoutError):
+        except (TimeoutError, UpstreamError):
             return False
         self._release(conn)
         return True

@@ -1,0 +1,59 @@
+# tiermux: `make run` starts the demo, `make test` runs every test. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+SYSTEM_DEPS := nginx wrk redis-server
+PYTEST_FLAGS ?= -q
+
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-locust bench-micro clean
+
+all: install
+
+# The virtual environment, the package (editable) with its extras, and the compiled extensions.
+$(INSTALLED): pyproject.toml setup.py $(wildcard csrc/*.pyx)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,redis,bench]'
+	touch $@
+
+install: $(INSTALLED)
+
+build: $(INSTALLED)
+	$(PY) setup.py -q build_ext --inplace
+
+system-deps:
+	scripts/install-system-deps.sh $(SYSTEM_DEPS)
+
+# The demo: mock vLLM on :8001, mock cloud on :8002, tiermux on :8080 (Ctrl-C stops all three).
+run: $(INSTALLED)
+	$(PY) -m bench.demo
+
+# Every test, twice: against the compiled extensions (asserting they are really loaded),
+# then against the pure-Python twins.
+test: $(INSTALLED) system-deps test-compiled test-pure
+
+test-compiled: $(INSTALLED)
+	TIERMUX_EXPECT_COMPILED=1 $(PY) -m pytest $(PYTEST_FLAGS)
+
+test-pure: $(INSTALLED)
+	TIERMUX_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_FLAGS)
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+# Benchmarks live outside the test run. Results land in bench/results/.
+bench: bench-micro bench-throughput bench-locust
+
+bench-throughput: $(INSTALLED) system-deps
+	$(PY) -m bench.throughput
+
+bench-locust: $(INSTALLED)
+	$(PY) -m bench.locust_run
+
+bench-micro: $(INSTALLED)
+	$(PY) -m pytest bench/micro -q -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,max,rounds
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info csrc/*.c src/tiermux/_ext/*.so
