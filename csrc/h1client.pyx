@@ -38,7 +38,6 @@ cdef class Response:
     cdef object _waiter
     cdef double _read_timeout
     cdef public double _last_activity
-    cdef object _timer
 
     def __init__(self, Connection conn, double read_timeout):
         self.status = 0
@@ -54,7 +53,6 @@ cdef class Response:
         self._waiter = None
         self._read_timeout = read_timeout
         self._last_activity = self._loop.time()
-        self._timer = self._loop.call_at(self._last_activity + read_timeout, self._on_timer)
 
     def __repr__(self):
         state = "failed" if self.error else "complete" if self.complete else "receiving"
@@ -103,7 +101,6 @@ cdef class Response:
     def close(self):
         """Done with this answer. An unfinished one costs its connection (it can't be reused)."""
         cdef Connection conn = self._conn
-        self._stop_timer()
         if conn is not None and not self.complete:
             self._conn = None
             conn.abort()
@@ -133,7 +130,6 @@ cdef class Response:
     cdef void _finish(self):
         self.complete = True
         self._conn = None
-        self._stop_timer()
         self._wake()
 
     cdef void _fail(self, error):
@@ -142,31 +138,22 @@ cdef class Response:
         error.response_started = self.received_any
         self.error = error
         self._conn = None
-        self._stop_timer()
         self._wake()
 
-    cdef void _stop_timer(self):
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def check_timeout(self, double now):
+        """Fail the answer if the backend has been silent for the read timeout.
 
-    def _on_timer(self):
-        # One timer per answer, moved forward lazily: activity only stamps a time, and the
-        # timer, when it fires, decides whether the silence really lasted the whole timeout.
+        Called by the pool's tick for every busy connection, rather than one timer per request:
+        activity only stamps a time, which costs far less than arming and cancelling a timer.
+        """
         cdef Connection conn = self._conn
-        cdef double now, deadline
-        self._timer = None
         if conn is None or self.complete:
             return
-        now = self._loop.time()
         if conn.reading_paused:  # silence is ours (a slow client), not the backend's
             self._last_activity = now
-        deadline = self._last_activity + self._read_timeout
-        if now < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-            return
-        self._fail(ReadTimeout(f"no data from the backend for {self._read_timeout:g}s"))
-        conn.abort()
+        elif now - self._last_activity >= self._read_timeout:
+            self._fail(ReadTimeout(f"no data from the backend for {self._read_timeout:g}s"))
+            conn.abort()
 
 
 cdef class Connection:

@@ -7,7 +7,6 @@ starts) become OpenAI-style error JSON; nothing escapes as a stack trace.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -27,7 +26,6 @@ from tiermux.upstream.backend import Backend
 __all__ = ["CONFIG_ENV", "TiermuxApp", "create_app"]
 
 CONFIG_ENV = "TIERMUX_CONFIG"
-TICK_SECONDS = 1.0
 READY_CACHE_SECONDS = 2.0
 
 logger = logging.getLogger("tiermux")
@@ -55,7 +53,6 @@ class TiermuxApp:
         models = ModelList([ModelCard(name) for name in self.resolver.model_names])
         self._models_body = msgspec.json.encode(models)
         self._ready_at = 0.0
-        self._ticker: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<TiermuxApp backends={list(self.backends)} tiers={list(self.config.tiers)}>"
@@ -123,29 +120,13 @@ class TiermuxApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def start(self) -> None:
-        """Start per-tick housekeeping on the running loop."""
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(TICK_SECONDS, self._tick)
-
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for backend in self.backends.values():
-            backend.pool.sweep(now)
-        self._ticker = loop.call_later(TICK_SECONDS, self._tick)
-
     async def aclose(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
         for backend in self.backends.values():
             await backend.aclose()
 

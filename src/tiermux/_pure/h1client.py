@@ -55,9 +55,6 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
         self._last_activity = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
-            self._last_activity + read_timeout, self._on_timer
-        )
 
     def __repr__(self) -> str:
         state = "failed" if self.error else "complete" if self.complete else "receiving"
@@ -103,7 +100,6 @@ class Response:
 
     def close(self) -> None:
         """Done with this answer. An unfinished one costs its connection (it can't be reused)."""
-        self._stop_timer()
         conn = self._conn
         if conn is not None and not self.complete:
             self._conn = None
@@ -135,7 +131,6 @@ class Response:
     def _finish(self) -> None:
         self.complete = True
         self._conn = None
-        self._stop_timer()
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -144,30 +139,22 @@ class Response:
         error.response_started = self.received_any
         self.error = error
         self._conn = None
-        self._stop_timer()
         self._wake()
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def check_timeout(self, now: float) -> None:
+        """Fail the answer if the backend has been silent for the read timeout.
 
-    def _on_timer(self) -> None:
-        # One timer per answer, moved forward lazily: activity only stamps a time, and the
-        # timer, when it fires, decides whether the silence really lasted the whole timeout.
-        self._timer = None
+        Called by the pool's tick for every busy connection, rather than one timer per request:
+        activity only stamps a time, which costs far less than arming and cancelling a timer.
+        """
         conn = self._conn
         if conn is None or self.complete:
             return
-        now = self._loop.time()
         if conn.reading_paused:  # silence is ours (a slow client), not the backend's
             self._last_activity = now
-        deadline = self._last_activity + self._read_timeout
-        if now < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-            return
-        self._fail(ReadTimeout(f"no data from the backend for {self._read_timeout:g}s"))
-        conn.abort()
+        elif now - self._last_activity >= self._read_timeout:
+            self._fail(ReadTimeout(f"no data from the backend for {self._read_timeout:g}s"))
+            conn.abort()
 
 
 class Connection(asyncio.Protocol):

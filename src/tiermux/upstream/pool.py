@@ -3,7 +3,12 @@
 Idle connections are kept in a stack (the most recently used is the warmest and least likely to
 have been closed by the server); at most ``max_connections`` are open at once and requests beyond
 that wait in FIFO order for one to be freed. A connection freed while someone waits is handed over
-directly. Idle connections older than ``idle_timeout`` are closed by :meth:`sweep`, run per tick.
+directly.
+
+Time is kept per tick, not per request: while the pool has connections, a tick every
+``TICK_SECONDS`` fails answers whose backend has been silent past the read timeout and closes idle
+connections unused for ``idle_timeout``. Arming and cancelling a timer for every request would cost
+more than the request's whole bookkeeping.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from collections import deque
 from tiermux._speedups import h1client
 from tiermux.upstream.errors import ConnectError, ConnectionClosed, ConnectTimeout, UpstreamError
 
-__all__ = ["ConnectionPool", "Origin"]
+__all__ = ["TICK_SECONDS", "ConnectionPool", "Origin"]
+
+TICK_SECONDS = 0.1
 
 
 class Origin:
@@ -60,6 +67,8 @@ class ConnectionPool:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self._idle: list[h1client.Connection] = []
+        self._connections: set[h1client.Connection] = set()
+        self._ticker: asyncio.TimerHandle | None = None
         self._open = 0  # connected, connecting, or busy: everything that counts against the limit
         self._waiters: deque[asyncio.Future[h1client.Connection | None]] = deque()
         self._closed = False
@@ -151,6 +160,9 @@ class ConnectionPool:
             if isinstance(exc, OSError):
                 raise ConnectError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from None
             raise
+        self._connections.add(conn)
+        if self._ticker is None:
+            self._ticker = loop.call_later(TICK_SECONDS, self._tick, loop)
         return conn
 
     def _wake_waiter(self, conn: h1client.Connection | None) -> bool:
@@ -171,6 +183,7 @@ class ConnectionPool:
 
     def _discard(self, conn: h1client.Connection) -> None:
         self._open -= 1
+        self._connections.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
         self._wake_waiter(None)
@@ -186,8 +199,17 @@ class ConnectionPool:
 
     # --- housekeeping --------------------------------------------------------------------------
 
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(self._connections):
+            response = conn.response
+            if response is not None:
+                response.check_timeout(now)
+        self.sweep(now)
+        self._ticker = loop.call_later(TICK_SECONDS, self._tick, loop) if self._connections else None
+
     def sweep(self, now: float) -> None:
-        """Close idle connections unused for ``idle_timeout`` (run per tick, not per request)."""
+        """Close idle connections unused for ``idle_timeout``."""
         deadline = now - self.idle_timeout
         stale = [conn for conn in self._idle if conn.idle_since < deadline]
         for conn in stale:
@@ -195,6 +217,9 @@ class ConnectionPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for conn in list(self._idle):
             conn.close()
         while self._waiters:
