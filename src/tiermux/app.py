@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from tiermux.api.auth import Authenticator
 from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList
@@ -41,6 +42,8 @@ class TiermuxApp:
         self.resolver = Resolver(config)
         self.backends = {b.name: Backend(b) for b in config.backends}
         self.forwarder = Forwarder(self.resolver, self.backends, config.server.max_body_bytes)
+        # Probes stay open to the orchestrator; everything under /v1 needs a key when keys are set.
+        self.authenticator = Authenticator(config.auth.keys) if config.auth.keys else None
         forward = self.forwarder
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": lambda s, r, w: forward("/chat/completions", s, r, w)},
@@ -81,6 +84,8 @@ class TiermuxApp:
             )
             return
         try:
+            if self.authenticator is not None and path.startswith("/v1/"):
+                self.authenticator.check(scope["headers"])
             await handler(scope, receive, send)
         except ClientDisconnected:
             return

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tiermux import __version__
-from tiermux.config import Config, ConfigError, load_config
+from tiermux.config import Config, ConfigError, exposure_problem, load_config
 
 __all__ = ["main"]
 
@@ -49,9 +49,14 @@ def _serve(args: argparse.Namespace) -> int:
     from tiermux.server import serve
 
     server = config.server
+    host = args.host or server.host
+    problem = exposure_problem(config, host)
+    if problem:
+        print(f"tiermux: refusing to start: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     serve(
         Path(args.config).resolve(),
-        host=args.host or server.host,
+        host=host,
         port=args.port or server.port,
         workers=args.workers or server.workers or os.cpu_count() or 1,
         drain_timeout=server.drain_timeout,

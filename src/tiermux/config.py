@@ -11,6 +11,7 @@ field path (``$.backends[1].price.input``):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import msgspec
 import yaml
 
 __all__ = [
+    "AuthConfig",
     "BackendConfig",
     "Config",
     "ConfigError",
@@ -29,6 +31,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "Timeouts",
+    "exposure_problem",
     "load_config",
     "parse_config",
 ]
@@ -65,6 +68,8 @@ class ServerConfig(_Strict, frozen=True):
     workers: PositiveInt | None = None
     """Worker processes; ``None`` means one per CPU."""
     max_body_bytes: PositiveInt = 16 * MiB
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback address without ``auth.keys``; off, because that is an open relay."""
     drain_timeout: PositiveFloat = 30.0
     """Seconds in-flight requests get to finish after SIGTERM before workers are killed."""
     backlog: PositiveInt = 1024
@@ -118,12 +123,19 @@ class RoutingConfig(_Strict, frozen=True):
     """Model names clients may send, each mapped to a tier name."""
 
 
+class AuthConfig(_Strict, frozen=True):
+    """Who may use tiermux: clients send one of ``keys`` as ``Authorization: Bearer`` (or ``x-api-key``)."""
+
+    keys: list[str] = []
+
+
 class Config(_Strict, frozen=True):
     """The whole file."""
 
     backends: list[BackendConfig]
     tiers: dict[str, list[str]]
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
     routing: RoutingConfig = RoutingConfig()
 
     @property
@@ -134,20 +146,17 @@ class Config(_Strict, frozen=True):
 # --- step 2: environment expansion -------------------------------------------------------------
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_FIELDS = frozenset({"api_key"})
+# Where secrets live: a literal there would end up in version control and in config dumps.
+_SECRET_PATH = re.compile(r".*\.api_key|\$\.auth\.keys\[\d+\]")
 
 
 def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
+    if isinstance(node, str) and node and "${" not in node and _SECRET_PATH.fullmatch(path):
+        raise ConfigError(
+            source, path, "API keys are read from the environment: write ${VAR} (or use api_key_file)"
+        )
     if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            child = f"{path}.{key}"
-            if key in _SECRET_FIELDS and isinstance(value, str) and value and "${" not in value:
-                raise ConfigError(
-                    source, child, "API keys are read from the environment: write ${VAR} or use api_key_file"
-                )
-            out[key] = _expand(value, child, env, source)
-        return out
+        return {key: _expand(value, f"{path}.{key}", env, source) for key, value in node.items()}
     if isinstance(node, list):
         return [_expand(item, f"{path}[{i}]", env, source) for i, item in enumerate(node)]
     if isinstance(node, str) and "${" in node:
@@ -198,12 +207,37 @@ def _check_references(config: Config, source: str) -> None:
         for j, name in enumerate(chain):
             if name not in seen:
                 raise ConfigError(source, f"$.tiers.{tier}[{j}]", f"unknown backend {name!r}")
+    problem = exposure_problem(config, config.server.host)
+    if problem:
+        raise ConfigError(source, "$.server.host", problem)
+    for i, key in enumerate(config.auth.keys):
+        if not key:
+            raise ConfigError(source, f"$.auth.keys[{i}]", "empty key (is its environment variable set?)")
     routing = config.routing
     if routing.default_tier is not None and routing.default_tier not in config.tiers:
         raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
     for alias, tier in routing.aliases.items():
         if tier not in config.tiers:
             raise ConfigError(source, f"$.routing.aliases.{alias}", f"unknown tier {tier!r}")
+
+
+def exposure_problem(config: Config, host: str) -> str | None:
+    """Why serving ``host`` with this config would be an open relay, or ``None`` if it isn't."""
+    if config.auth.keys or config.server.allow_unauthenticated or _is_loopback(host):
+        return None
+    return (
+        f"listening on {host} without auth.keys lets anyone who reaches it spend your backends' "
+        "API keys; set auth.keys, or server.allow_unauthenticated: true if a gateway in front authenticates"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _locate(error: msgspec.ValidationError) -> tuple[str, str]:
