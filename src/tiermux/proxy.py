@@ -188,13 +188,7 @@ class Forwarder:
 
 def _is_stream(response: h1client.Response) -> bool:
     """An answer to relay as it comes: SSE, or any body of unannounced length."""
-    has_length = False
-    for name, value in response.headers:
-        if name == b"content-type" and value.startswith(b"text/event-stream"):
-            return True
-        if name == b"content-length":
-            has_length = True
-    return not has_length
+    return response.event_stream or not response.has_length
 
 
 async def _close_on_disconnect(receive: Receive, response: h1client.Response) -> None:

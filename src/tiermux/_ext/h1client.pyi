@@ -8,6 +8,9 @@ class Response:
     status: int
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
+    has_length: bool
+    chunked: bool
+    event_stream: bool
     received_any: bool
     complete: bool
     error: Exception | None

@@ -45,6 +45,9 @@ class Response:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = False
+        self.has_length = False
+        self.chunked = False
+        self.event_stream = False
         self.received_any = False
         self.complete = False
         self.error: UpstreamError | None = None
@@ -170,7 +173,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self._parser = HttpResponseParser(self)
-        self._length_known = False
+        self._interim = False
+        self._release_pending = False
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "busy" if self.response is not None else "idle"
@@ -181,7 +185,6 @@ class Connection(asyncio.Protocol):
         response = Response(self, read_timeout)
         self.response = response
         self.requests += 1
-        self._length_known = False
         assert self.transport is not None
         self.transport.write(data)
         return response
@@ -228,6 +231,15 @@ class Connection(asyncio.Protocol):
         except HttpParserError as exc:
             response._fail(RemoteProtocolError(f"invalid HTTP from the backend: {exc}"))
             self.abort()
+            return
+        # Released only once the whole buffer is parsed: bytes after the answer would mean the
+        # connection is out of step, and on_message_begin has then aborted it.
+        if self._release_pending:
+            self._release_pending = False
+            if not self.closed:
+                self.resume_reading()
+                self.idle_since = self.loop.time()
+                self.pool._release(self)
 
     def eof_received(self) -> bool:
         return False
@@ -238,7 +250,7 @@ class Connection(asyncio.Protocol):
         response = self.response
         self.response = None
         if response is not None and not response.complete:
-            if response.status and not self._length_known and exc is None:
+            if response.status and not (response.has_length or response.chunked) and exc is None:
                 response._finish()  # a body delimited by the end of the connection
             else:
                 response._fail(ConnectionClosed("the backend closed the connection mid-answer"))
@@ -247,33 +259,53 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.response is None:
+            raise RemoteProtocolError("the backend sent an answer nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        response = self.response
+        if response is None:
+            return
         name = name.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
-            self._length_known = True
-        assert self.response is not None
-        self.response.headers.append((name, value))
+        if name == b"content-length":
+            response.has_length = True
+        elif name == b"transfer-encoding":
+            response.chunked = True
+        elif name == b"content-type" and value.startswith(b"text/event-stream"):
+            response.event_stream = True
+        response.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         response = self.response
-        assert response is not None
+        if response is None:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows.
+            self._interim = True
+            response.headers.clear()
+            response.has_length = response.chunked = response.event_stream = False
+            return
         response.keep_alive = bool(self._parser.should_keep_alive())
-        response.status = self._parser.get_status_code()
+        response.status = status
         response._wake()
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._feed(body)
+        response = self.response
+        if response is not None:
+            response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         response = self.response
-        assert response is not None
+        if response is None:
+            return
         self.response = None
-        reusable = response.keep_alive and response.status >= 200
         response._finish()
-        if reusable and not self.closed:
-            self.resume_reading()
-            self.idle_since = self.loop.time()
-            self.pool._release(self)
+        if response.keep_alive and not self.closed:
+            self._release_pending = True
         else:
             self.close()

@@ -16,7 +16,7 @@ class RoutingFields(msgspec.Struct):
     """What routing reads from an OpenAI request body."""
 
     model: str | None = None
-    stream: bool = False
+    stream: bool | None = None
 
 
 decode_routing_fields = msgspec.json.Decoder(RoutingFields).decode

@@ -130,7 +130,7 @@ class ConnectionPool:
                 if late is not None:
                     self._release(late)  # handed over just as we gave up: pass it on
                 raise
-            if handed is not None:
+            if handed is not None and not handed.closed:
                 return handed
             if self._open < self.max_connections:  # a slot was freed: open a connection in it
                 return await self._connect()
