@@ -3,7 +3,8 @@
     read body (bounded) -> decode routing fields -> resolve route -> splice ``model``
     -> try the chain's backends in order until one answers -> relay the answer
 
-Failover happens only before the client has received a byte: connection errors, timeouts and
+A client that leaves cancels the work done for it (``DisconnectWatch``). Failover happens only
+before the client has received a byte: connection errors, timeouts and
 5xx answers move to the next backend of the chain. A non-streaming answer is read whole before
 anything is sent, so that a backend failing mid-answer can still be replaced; a stream is relayed
 chunk by chunk as it arrives, and if it breaks the client gets an SSE error event and a clean end.
@@ -11,7 +12,6 @@ chunk by chunk as it arrives, and if it breaks the client gets an SSE error even
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from tiermux._speedups import h1client, jsonscan
+from tiermux.api.disconnect import DisconnectWatch
 from tiermux.api.errors import (
     BadGateway,
     BadRequest,
@@ -112,13 +113,14 @@ class Forwarder:
             raise BadRequest("You must provide a model parameter.", param="model")
         route = self.resolver.resolve(fields.model)
         start, end = jsonscan.value_span(body, b"model")
-        backend, response, payload = await self._forward(route, endpoint, body, start, end)
-        headers = relayed_headers(response.headers, self._added_headers(route, backend))
-        if payload is not None:
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
-        else:
-            await self._relay_stream(response, headers, receive, send)
+        with DisconnectWatch(receive):
+            backend, response, payload = await self._forward(route, endpoint, body, start, end)
+            headers = relayed_headers(response.headers, self._added_headers(route, backend))
+            if payload is not None:
+                await send({"type": "http.response.start", "status": response.status, "headers": headers})
+                await send({"type": "http.response.body", "body": payload})
+            else:
+                await self._relay_stream(response, headers, send)
 
     async def _forward(
         self, route: Route, endpoint: str, body: bytes, start: int, end: int
@@ -161,18 +163,15 @@ class Forwarder:
         raise failure or BadGateway("no backend of the chain could answer")
 
     async def _relay_stream(
-        self, response: h1client.Response, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
+        self, response: h1client.Response, headers: list[tuple[bytes, bytes]], send: Send
     ) -> None:
-        """Relay chunk by chunk; a client that leaves cancels the upstream exchange."""
-        watcher = asyncio.ensure_future(_close_on_disconnect(receive, response))
+        """Relay chunk by chunk as they arrive; a broken stream ends with an SSE error event."""
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             while True:
                 try:
                     chunk = await response.read()
                 except UpstreamError as exc:
-                    if watcher.done():  # the client left; nobody to tell
-                        return
                     logger.warning("stream broken by the backend: %s", exc)
                     error = BadGateway(f"the backend stream broke: {exc}")
                     await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
@@ -182,18 +181,9 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
-            watcher.cancel()
-            response.close()
+            response.close()  # an unfinished answer (the client left) costs its connection
 
 
 def _is_stream(response: h1client.Response) -> bool:
     """An answer to relay as it comes: SSE, or any body of unannounced length."""
     return response.event_stream or not response.has_length
-
-
-async def _close_on_disconnect(receive: Receive, response: h1client.Response) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            response.close()
-            return

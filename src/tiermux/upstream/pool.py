@@ -189,10 +189,13 @@ class ConnectionPool:
         self._wake_waiter(None)
 
     async def probe(self, timeout: float = 1.0) -> bool:
-        """Whether the origin accepts a connection now (a kept-alive one counts)."""
+        """Whether the origin is reachable now: a live pooled connection (busy or idle) counts,
+        else a new connection is opened and kept for the next request."""
+        if any(not conn.closed for conn in self._connections):
+            return True
         try:
-            conn = await asyncio.wait_for(self.acquire(), timeout)
-        except (TimeoutError, UpstreamError):
+            conn = await asyncio.wait_for(self._connect(), timeout)
+        except (UpstreamError, asyncio.TimeoutError):
             return False
         self._release(conn)
         return True
