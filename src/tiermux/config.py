@@ -150,6 +150,10 @@ _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_PATH = re.compile(r".*\.api_key|\$\.auth\.keys\[\d+\]")
 
 
+# Files named in the config are found relative to the config file, wherever tiermux was started.
+_FILE_PATH = re.compile(r".*\.(api_key_file|ca_file)")
+
+
 def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
     if isinstance(node, str) and node and "${" not in node and _SECRET_PATH.fullmatch(path):
         raise ConfigError(
@@ -159,6 +163,14 @@ def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
         return {key: _expand(value, f"{path}.{key}", env, source) for key, value in node.items()}
     if isinstance(node, list):
         return [_expand(item, f"{path}[{i}]", env, source) for i, item in enumerate(node)]
+    if isinstance(node, str) and _FILE_PATH.fullmatch(path):
+        expanded = _substitute(node, path, env, source)
+        base = Path(source).parent if source and not source.startswith("<") else Path()
+        return str(base / expanded) if expanded and not Path(expanded).is_absolute() else expanded
+    return _substitute(node, path, env, source)
+
+
+def _substitute(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
     if isinstance(node, str) and "${" in node:
 
         def substitute(match: re.Match[str]) -> str:

@@ -120,9 +120,14 @@ class ConnectionPool:
                 return conn
         if self._open < self.max_connections:
             return await self._connect()
+        woken = False
         while True:
             waiter: asyncio.Future[h1client.Connection | None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            if woken:  # woken without a connection and beaten to the slot: keep our place in line
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            woken = True
             try:
                 handed = await waiter
             except asyncio.CancelledError:
@@ -195,8 +200,9 @@ class ConnectionPool:
             return True
         try:
             conn = await asyncio.wait_for(self._connect(), timeout)
-        except (UpstreamError, asyncio.TimeoutError):
+        except (TimeoutError, UpstreamError):
             return False
+        conn.idle_since = asyncio.get_running_loop().time()
         self._release(conn)
         return True
 

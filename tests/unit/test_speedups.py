@@ -1,0 +1,108 @@
+"""The picker: which twin is loaded, and that the run was asked for is the one that happened."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tiermux._pure.h1client as pure_h1client
+import tiermux._pure.jsonscan as pure_jsonscan
+from tiermux import _speedups
+from tiermux.upstream import pool
+from tiermux.upstream.errors import UpstreamError
+
+EXPECT_COMPILED = os.environ.get("TIERMUX_EXPECT_COMPILED", "") not in ("", "0")
+NO_EXTENSIONS = os.environ.get("TIERMUX_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def _compiled_available() -> bool:
+    try:
+        importlib.import_module("tiermux._ext.jsonscan")
+        importlib.import_module("tiermux._ext.h1client")
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not EXPECT_COMPILED, reason="only when the compiled build is expected")
+def test_compiled_extensions_are_loaded() -> None:
+    assert not NO_EXTENSIONS, "TIERMUX_EXPECT_COMPILED=1 contradicts TIERMUX_NO_EXTENSIONS=1"
+    assert _speedups.COMPILED is True
+    for module, name in ((_speedups.jsonscan, "jsonscan"), (_speedups.h1client, "h1client")):
+        assert module.__name__ == f"tiermux._ext.{name}"
+        assert module.__file__ is not None
+        assert module.__file__.endswith(".so"), module.__file__
+    # The hot path really uses them.
+    assert pool.h1client is _speedups.h1client
+    assert pool.h1client.Connection.__module__ == "tiermux._ext.h1client"
+    assert pool.h1client.Response.__module__ == "tiermux._ext.h1client"
+
+
+@pytest.mark.skipif(not NO_EXTENSIONS, reason="only when the pure twins are forced")
+def test_pure_twins_are_loaded() -> None:
+    assert _speedups.NO_EXTENSIONS is True
+    assert _speedups.COMPILED is False
+    assert _speedups.jsonscan is pure_jsonscan
+    assert _speedups.h1client is pure_h1client
+    assert pool.h1client is pure_h1client
+
+
+def test_compiled_flag_matches_the_modules() -> None:
+    prefix = "tiermux._ext." if _speedups.COMPILED else "tiermux._pure."
+    assert _speedups.jsonscan.__name__.startswith(prefix)
+    assert _speedups.h1client.__name__.startswith(prefix)
+
+
+def test_twins_share_names_and_exceptions() -> None:
+    if not _compiled_available():
+        pytest.skip("compiled extensions are not built")
+    from tiermux._ext import h1client as c_h1client
+    from tiermux._ext import jsonscan as c_jsonscan
+
+    assert set(c_jsonscan.__all__) == set(pure_jsonscan.__all__)
+    assert set(c_h1client.__all__) == set(pure_h1client.__all__)
+    # One exception class, defined in Python, raised by both.
+    assert c_jsonscan.ScanError is pure_jsonscan.ScanError
+    assert issubclass(c_jsonscan.ScanError, ValueError)
+    assert (c_h1client.HIGH_WATER, c_h1client.LOW_WATER) == (
+        pure_h1client.HIGH_WATER,
+        pure_h1client.LOW_WATER,
+    )
+    assert issubclass(pure_h1client.ConnectionClosed, UpstreamError)
+
+
+_PROBE = (
+    "import json, tiermux._speedups as s, tiermux.upstream.pool as p; "
+    "print(json.dumps([s.COMPILED, s.jsonscan.__name__, s.h1client.__name__, "
+    "p.h1client.Connection.__module__]))"
+)
+
+
+def _probe(flag: str | None) -> list[object]:
+    env = {k: v for k, v in os.environ.items() if k != "TIERMUX_NO_EXTENSIONS"}
+    if flag is not None:
+        env["TIERMUX_NO_EXTENSIONS"] = flag
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    result: list[object] = json.loads(out.stdout)
+    return result
+
+
+def test_no_extensions_flag_forces_the_twins_even_when_built() -> None:
+    assert _probe("1") == [
+        False,
+        "tiermux._pure.jsonscan",
+        "tiermux._pure.h1client",
+        "tiermux._pure.h1client",
+    ]
+
+
+@pytest.mark.parametrize("flag", [None, "0"])
+def test_compiled_is_used_when_built_and_not_forced_off(flag: str | None) -> None:
+    if not _compiled_available():
+        pytest.skip("compiled extensions are not built")
+    assert _probe(flag) == [True, "tiermux._ext.jsonscan", "tiermux._ext.h1client", "tiermux._ext.h1client"]
