@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(Exception):
@@ -264,7 +265,7 @@ def _locate(error: msgspec.ValidationError) -> tuple[str, str]:
 def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
     """Parse YAML text into a validated :class:`Config`, or raise :class:`ConfigError`."""
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader (libyaml when built)
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"invalid YAML: {exc}") from None
     if not isinstance(tree, dict):
