@@ -112,7 +112,10 @@ class Forwarder:
         if fields.model is None:
             raise BadRequest("You must provide a model parameter.", param="model")
         route = self.resolver.resolve(fields.model)
-        start, end = jsonscan.value_span(body, b"model")
+        try:
+            start, end = jsonscan.value_span(body, b"model")
+        except jsonscan.ScanError as exc:  # JSON msgspec took but the scanner can't walk
+            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
         with DisconnectWatch(receive):
             backend, response, payload = await self._forward(route, endpoint, body, start, end)
             headers = relayed_headers(response.headers, self._added_headers(route, backend))
