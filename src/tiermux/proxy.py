@@ -79,16 +79,13 @@ class Forwarder:
             self._route_headers[key] = headers
         return headers
 
-    async def read_body(self, receive: Receive) -> bytes:
-        """The whole request body, refused with 413 past the limit (chunked uploads included)."""
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
-            return body
-        parts = [body]
-        size = len(body)
+    async def read_body(self, first: bytes, receive: Receive) -> bytes:
+        """The rest of a body that came in several messages (the first one given), refused with
+        413 past the limit. A body in one message within the limit never comes here."""
+        size = len(first)
+        if size > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+        parts = [first]
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -102,7 +99,10 @@ class Forwarder:
                 return b"".join(parts)
 
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await self.read_body(receive)
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False) or len(body) > self.max_body_bytes:
+            body = await self.read_body(body, receive)
         try:
             fields = decode_routing_fields(body)
         except msgspec.ValidationError as exc:
@@ -140,7 +140,10 @@ class Forwarder:
         for attempt, name in enumerate(chain):
             backend = self.backends[name]
             try:
-                response = await backend.send("POST", endpoint, head + backend.model_json + tail)
+                response = await backend.pool.request(
+                    backend.serialise("POST", endpoint, head + backend.model_json + tail),
+                    backend.read_timeout,
+                )
             except UpstreamError as exc:
                 failure = _client_error(exc, backend)
                 logger.warning("backend %s: %s", name, exc)
@@ -155,7 +158,9 @@ class Forwarder:
             if _is_stream(response):
                 return backend, response, None
             try:
-                payload = await response.read_all()
+                payload = response.take_body()
+                if payload is None:
+                    payload = await response.read_all()
             except UpstreamError as exc:
                 failure = _client_error(exc, backend)
                 logger.warning("backend %s: %s", name, exc)

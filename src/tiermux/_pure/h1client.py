@@ -72,6 +72,19 @@ class Response:
                 raise self.error
             await self._wait()
 
+    def take_body(self) -> bytes | None:
+        """The whole body if it has already arrived, else ``None`` (then use :meth:`read_all`).
+
+        Most non-streaming answers arrive with their headers; this spares them a coroutine.
+        """
+        if not self.complete or self.error is not None:
+            return None
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
     async def read(self) -> bytes:
         """The next body chunk; ``b""`` once the answer is complete. Raises on a broken answer,
         after every byte received before the break has been read."""

@@ -94,13 +94,19 @@ class ConnectionPool:
         answer byte; that request is sent again once, on a fresh connection, as httpcore and
         aiohttp do. Any other failure is the caller's to handle (failover, error to the client).
         """
-        conn = await self.acquire()
+        conn = self._pop_idle() or await self.acquire()
+        response = conn.send(data, read_timeout)
         try:
-            return await self._exchange(conn, data, read_timeout)
+            await response.start()
         except ConnectionClosed as exc:
+            response.close()
             if conn.requests > 1 and not exc.response_started:
                 return await self._exchange(await self._connect(), data, read_timeout)
             raise
+        except BaseException:
+            response.close()
+            raise
+        return response
 
     @staticmethod
     async def _exchange(conn: h1client.Connection, data: bytes, read_timeout: float) -> h1client.Response:
@@ -112,12 +118,20 @@ class ConnectionPool:
             raise
         return response
 
-    async def acquire(self) -> h1client.Connection:
-        """A connection ready for one request: idle, new, or the next one freed."""
-        while self._idle:
-            conn = self._idle.pop()
+    def _pop_idle(self) -> h1client.Connection | None:
+        """The warmest idle connection, without awaiting anything (the hot path's usual case)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed:
                 return conn
+        return None
+
+    async def acquire(self) -> h1client.Connection:
+        """A connection ready for one request: idle, new, or the next one freed."""
+        conn = self._pop_idle()
+        if conn is not None:
+            return conn
         if self._open < self.max_connections:
             return await self._connect()
         woken = False
