@@ -1,0 +1,1315 @@
+"""Throughput, latency, streaming TTFT and memory of tiermux, against nginx and the backend itself.
+
+``python -m bench.throughput`` starts one mock vLLM backend and three ways to reach it:
+
+* ``nginx``: an nginx reverse proxy (1 worker, upstream keep-alive), the practical ceiling for a
+  proxy on this machine;
+* ``tiermux``: ``python -m tiermux serve`` with one backend (the mock) in one tier;
+* ``direct``: the mock itself, for reference (no proxy hop at all).
+
+Each round runs wrk against each target in turn, the order rotating from round to round so that
+drift on the machine (thermal, other load) spreads over all targets. The report gives the median
+over rounds, the ratio tiermux/nginx, the CPU each process used during each run, the largest RSS of
+a tiermux worker, and the targets next to the numbers.
+
+Other modes:
+
+* ``--stream``: time to first token of sequential streaming requests, directly and through
+  tiermux, interleaved request by request;
+* ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
+  each segment, to see whether memory stays flat.
+
+Every process started here runs in its own process group and is stopped on exit, on Ctrl-C, on
+SIGTERM and on errors. The helpers (:class:`Processes`, :func:`start_mock`,
+:func:`start_tiermux`, ...) are reused by ``bench/locust_run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import datetime
+import http.client
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+RESULTS_DIR = BENCH_DIR / "results"
+CHAT_LUA = BENCH_DIR / "wrk" / "chat.lua"
+
+MOCK_MODEL = "qwen-9b"
+READY_LINE = re.compile(r"mock-backend listening on http://(\S+):(\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# What tiermux aims for on a 2-core machine with load generator, mock and proxy sharing it.
+TARGET_RPS = 12_000
+TARGET_NGINX_RATIO = 0.35
+TARGET_P99_MS = 15.0
+TARGET_TTFT_DELTA_MS = 1.0
+TARGET_RSS_MB = 80.0
+TARGET_SOAK_GROWTH = 0.05
+
+STREAM_TTFT_MS = 20.0
+STREAM_ITL_MS = 5.0
+STREAM_TOKENS = 8
+
+
+class BenchError(RuntimeError):
+    """Something the benchmark needs did not work (a server did not start, wrk failed...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the harness dies without cleaning up."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Service:
+    """A server process started by the harness, in a process group of its own."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the whole group, then SIGKILL to whatever is left after ``timeout``."""
+        pgid = self.process.pid  # start_new_session=True: the group id is the leader's pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+        # Workers may outlive their leader for a moment; make sure nothing of the group remains.
+        deadline = time.monotonic() + 2.0
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(2.0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Processes(contextlib.AbstractContextManager["Processes"]):
+    """Starts services and stops every one of them on exit, last started first.
+
+    SIGTERM and SIGHUP to the harness are turned into :class:`SystemExit` while the context is
+    open, so that ``finally`` blocks and this context's exit run as they do for Ctrl-C.
+    """
+
+    def __init__(self, workdir: Path | None = None, keep_logs: bool = False) -> None:
+        self.services: list[Service] = []
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tiermux-bench-"))
+        self.keep_logs = keep_logs
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Processes:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            self._previous[signum] = signal.signal(signum, _exit_on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for service in reversed(self.services):
+                service.stop()
+            self.services.clear()
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+            if self._own_dir and not self.keep_logs:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Service:
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        service = Service(name, process, log)
+        self.services.append(service)
+        return service
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the usual bind-to-0 trick; the window is tiny)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(service: Service, check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise BenchError(f"{service.name} exited while starting:\n{service.log_tail()}")
+        if check():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{service.name}: {what} within {timeout:g}s:\n{service.log_tail()}")
+
+
+def http_get(host: str, port: int, path: str, timeout: float = 1.0) -> int:
+    """Status of a plain GET, or 0 when nothing answers."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+def start_mock(
+    procs: Processes,
+    *,
+    flavor: str = "vllm",
+    model: str = MOCK_MODEL,
+    ttft_ms: float = 0.0,
+    itl_ms: float = 0.0,
+    latency_ms: float = 0.0,
+    tokens: int = 16,
+    name: str = "mock",
+) -> Service:
+    """``python -m bench.mock_backend`` on a free port; returns once it prints its address."""
+    argv = [sys.executable, "-m", "bench.mock_backend", "--flavor", flavor, "--host", "127.0.0.1"]
+    argv += ["--port", "0", "--model", model, "--tokens", str(tokens)]
+    argv += ["--ttft-ms", f"{ttft_ms:g}", "--itl-ms", f"{itl_ms:g}", "--latency-ms", f"{latency_ms:g}"]
+    service = procs.spawn(name, argv)
+    found: list[re.Match[str]] = []
+
+    def ready() -> bool:
+        match = READY_LINE.search(service.log_tail(5))
+        if match:
+            found.append(match)
+        return match is not None
+
+    _wait(service, ready, 15.0, "no 'mock-backend listening on' line")
+    host, port = found[0].group(1), found[0].group(2)
+    service.url = f"http://{host}:{port}"
+    return service
+
+
+def tiermux_config(
+    backend_url: str,
+    model: str = MOCK_MODEL,
+    max_connections: int = 256,
+    pinned: Sequence[tuple[str, str, str]] = (),
+) -> str:
+    """A config with one backend (``backend_url``, an origin) in one tier, ``cheap``.
+
+    ``pinned`` adds ``(name, origin, model)`` backends in no tier: reachable by their model name.
+    """
+    backends = [("mock", backend_url, model), *pinned]
+    lines = ["# written by bench/throughput.py", "backends:"]
+    for name, url, backend_model in backends:
+        lines += [
+            f"  - name: {name}",
+            "    type: openai",
+            f"    base_url: {url}/v1",
+            f"    model: {backend_model}",
+            f"    max_connections: {max_connections}",
+        ]
+    lines += ["tiers:", "  cheap: [mock]", "routing:", "  default_tier: cheap", ""]
+    return "\n".join(lines)
+
+
+def start_tiermux(
+    procs: Processes,
+    backend_url: str,
+    *,
+    workers: int = 2,
+    model: str = MOCK_MODEL,
+    pinned: Sequence[tuple[str, str, str]] = (),
+) -> Service:
+    """``python -m tiermux serve`` in front of ``backend_url``; returns once every worker is up."""
+    config = procs.workdir / "tiermux.yaml"
+    config.write_text(tiermux_config(backend_url, model, pinned=pinned))
+    port = free_port()
+    argv = [sys.executable, "-m", "tiermux", "serve", "--config", str(config), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    service = procs.spawn("tiermux", argv)
+    service.url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        return len(children(service.pid)) >= workers and http_get("127.0.0.1", port, "/health") == 200
+
+    _wait(service, ready, 30.0, f"not answering /health with {workers} workers")
+    return service
+
+
+NGINX_CONF = """\
+# written by bench/throughput.py: a plain reverse proxy, tuned the way one would for this job
+daemon off;
+master_process on;
+worker_processes 1;
+{user}pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    client_max_body_size 16m;
+    keepalive_requests 1000000;
+
+    upstream backend {{
+        server {backend};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=1024;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering on;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not found:
+        raise BenchError("nginx not found (make system-deps installs it)")
+    return found
+
+
+def start_nginx(procs: Processes, backend_url: str) -> Service:
+    """nginx with a generated config; every path it writes is in its own temp dir."""
+    directory = procs.workdir / "nginx"
+    directory.mkdir(exist_ok=True)
+    port = free_port()
+    backend = backend_url.removeprefix("http://")
+    # As root, nginx would switch its worker to "nobody", who can't write our temp dir.
+    user = f"user {_user_name()};\n" if os.geteuid() == 0 else ""
+    conf = directory / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=directory, port=port, backend=backend, user=user))
+    argv = [nginx_binary(), "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")]
+    service = procs.spawn("nginx", argv)
+    service.url = f"http://127.0.0.1:{port}"
+    _wait(service, lambda: http_get("127.0.0.1", port, "/v1/models") == 200, 15.0, "not proxying /v1/models")
+    return service
+
+
+def _user_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+# --------------------------------------------------------------------------------------------
+# /proc: children, RSS, CPU time
+# --------------------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Granian's workers are children of the serve process)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            found.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return sorted(set(found))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    out = [pid]
+    for child in children(pid):
+        out.extend(process_tree(child))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of a process in MiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads included."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def system_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy / CLK_TCK, steal / CLK_TCK, (busy + idle + iowait + steal) / CLK_TCK
+
+
+def wait_for_quiet(max_busy: float, timeout: float, sample: float = 0.5) -> float:
+    """Wait (up to ``timeout``) until the machine is mostly idle; return the last busy share.
+
+    The harness's own servers are idle between runs, so what this sees is someone else's load.
+    ``max_busy`` is a fraction of the whole machine (0.15 = 15% of all cores).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        busy0, _, total0 = system_cpu()
+        time.sleep(sample)
+        busy1, _, total1 = system_cpu()
+        share = (busy1 - busy0) / max(total1 - total0, 1e-9)
+        if share <= max_busy or time.monotonic() >= deadline:
+            return share
+
+
+@dataclass
+class CpuProbe:
+    """CPU seconds used by named groups of processes, and by everything else, over a window."""
+
+    groups: dict[str, list[int]]
+    child_label: str = "wrk"
+    """Name for the CPU of children reaped inside the window (the load generator)."""
+    start: dict[str, float] = field(default_factory=dict)
+    busy0: float = 0.0
+    steal0: float = 0.0
+    children0: float = 0.0
+    t0: float = 0.0
+
+    def __enter__(self) -> CpuProbe:
+        self.start = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
+        self.busy0, self.steal0, _ = system_cpu()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children0 = usage.ru_utime + usage.ru_stime
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.monotonic() - self.t0
+        self.used = {
+            name: sum(cpu_seconds(p) for p in pids) - self.start[name] for name, pids in self.groups.items()
+        }
+        busy1, steal1, _ = system_cpu()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The load generator is the only child reaped inside the window: its CPU time lands in
+        # RUSAGE_CHILDREN once it has been waited for.
+        self.used[self.child_label] = usage.ru_utime + usage.ru_stime - self.children0
+        self.machine_busy = busy1 - self.busy0
+        self.steal = steal1 - self.steal0
+
+    def percent(self) -> dict[str, float]:
+        """Each group's CPU as % of one core, plus ``other`` (everything else) and ``steal``."""
+        out = {name: 100 * used / self.wall for name, used in self.used.items()}
+        ours = sum(self.used.values())
+        out["other"] = max(0.0, 100 * (self.machine_busy - ours) / self.wall)
+        out["steal"] = 100 * self.steal / self.wall
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    target: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    socket_errors: int
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU of each process group over the run, % of one core (plus ``other`` and ``steal``)."""
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """CPU of each process group per request, in microseconds."""
+    rss_mb: list[float] = field(default_factory=list)
+    attempts: int = 1
+
+    @property
+    def noise(self) -> float:
+        """CPU taken by others during the run (% of one core)."""
+        return self.cpu.get("other", 0.0) + self.cpu.get("steal", 0.0)
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _latency_ms(text: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
+    if not match:
+        raise BenchError(f"no {percentile}% latency in wrk output:\n{text}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(target: str, text: str) -> WrkResult:
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not done or not rps:
+        raise BenchError(f"unexpected wrk output:\n{text}")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    counted = re.search(r"^non-2xx: (\d+)", text, re.M)  # from chat.lua
+    builtin = re.search(r"Non-2xx or 3xx responses: (\d+)", text)  # wrk's own (>= 400 only)
+    non2xx = int(counted.group(1)) if counted else int(builtin.group(1)) if builtin else 0
+    return WrkResult(
+        target=target,
+        requests=int(done.group(1)),
+        seconds=float(done.group(2)) * _UNITS_MS[done.group(3)] / 1000,
+        rps=float(rps.group(1)),
+        p50_ms=_latency_ms(text, "50"),
+        p99_ms=_latency_ms(text, "99"),
+        non2xx=non2xx,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+def wrk_command(url: str, duration: float, connections: int, threads: int, model: str) -> list[str]:
+    script = str(CHAT_LUA.relative_to(ROOT))
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script]
+    return [*argv, f"{url}/v1/chat/completions", "--", model]
+
+
+def run_wrk(
+    target: str,
+    url: str,
+    *,
+    duration: float,
+    connections: int,
+    threads: int,
+    model: str,
+    watch: dict[str, list[int]],
+) -> WrkResult:
+    """One wrk run; CPU of every group in ``watch`` (and of wrk) is measured over it."""
+    argv = wrk_command(url, duration, connections, threads, model)
+    with CpuProbe(watch) as probe:
+        process = subprocess.Popen(
+            argv,
+            executable=shutil.which("wrk") or "/usr/bin/wrk",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            out, _ = process.communicate(timeout=duration + 60)
+        finally:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    text = out.decode(errors="replace")
+    if process.returncode != 0:
+        raise BenchError(f"wrk failed ({process.returncode}):\n{text}")
+    result = parse_wrk(target, text)
+    result.cpu = probe.percent()
+    result.cpu_us = {name: 1e6 * used / max(result.requests, 1) for name, used in probe.used.items()}
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report helpers
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name, argv in {"nginx": [nginx_binary(), "-v"], "wrk": ["wrk", "-v"]}.items():
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+            text = (out.stdout + out.stderr).strip().splitlines()[0]
+            versions[name] = text.replace("nginx version: ", "").split(" Copyright")[0]
+        except (OSError, IndexError, subprocess.SubprocessError, BenchError):
+            versions[name] = "?"
+    granian = "?"
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        granian = version("granian")
+    compiled = "?"
+    with contextlib.suppress(Exception):
+        from tiermux._speedups import COMPILED
+
+        compiled = "compiled" if COMPILED else "pure Python (extensions not built)"
+    mem = "?"
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kib / 1024 / 1024:.1f} GiB"
+    return {
+        "tiermux revision": _revision(),
+        "cpus": f"{os.cpu_count()} (nproc {len(os.sched_getaffinity(0))})",
+        "cpu model": model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "granian": granian,
+        "tiermux hot path": compiled,
+        "nginx": versions["nginx"],
+        "wrk": versions["wrk"],
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def _revision() -> str:
+    """The checkout's commit, and whether the code under test differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "csrc"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head or '?'}" + (" with uncommitted changes in src/ or csrc/" if dirty else "")
+
+
+def command_line(module: str = "bench.throughput") -> str:
+    """How this run was started, for the report."""
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: it is a value that was measured)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def worker_rss(server: Service) -> dict[int, float]:
+    return {pid: rss_mb(pid) for pid in children(server.pid)}
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A markdown table, as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _machine_lines(info: dict[str, str]) -> list[str]:
+    return [f"- {key}: {value}" for key, value in info.items()]
+
+
+def write_report(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text, flush=True)
+    print(f"(written to {path})", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Mode 1: throughput, interleaved rounds
+# --------------------------------------------------------------------------------------------
+
+TARGET_NAMES = ("nginx", "tiermux", "direct")
+TARGET_LABELS = {
+    "nginx": "nginx (1 worker)",
+    "tiermux": "tiermux ({workers} workers)",
+    "direct": "mock direct",
+}
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    info = machine_info()
+    rounds: list[list[WrkResult]] = []
+    with Processes(keep_logs=args.keep_logs) as procs:
+        mock = start_mock(procs, tokens=args.tokens)
+        nginx = start_nginx(procs, mock.url)
+        tiermux = start_tiermux(procs, mock.url, workers=args.workers)
+        workers = children(tiermux.pid)
+        print(f"mock {mock.url}  nginx {nginx.url}  tiermux {tiermux.url} (workers {workers})", flush=True)
+        urls = {"nginx": nginx.url, "tiermux": tiermux.url, "direct": mock.url}
+        models = {"nginx": MOCK_MODEL, "tiermux": "auto", "direct": MOCK_MODEL}
+        proxies = {
+            "nginx": {"nginx": process_tree(nginx.pid)},
+            "tiermux": {"tiermux main": [tiermux.pid]}
+            | {f"tiermux worker {i + 1}": [pid] for i, pid in enumerate(workers)},
+            "direct": {},
+        }
+
+        def one(target: str, duration: float) -> WrkResult:
+            watch = {"mock": [mock.pid]} | proxies[target]
+            result = run_wrk(
+                target,
+                urls[target],
+                duration=duration,
+                connections=args.connections,
+                threads=args.threads,
+                model=models[target],
+                watch=watch,
+            )
+            if target == "tiermux":
+                result.rss_mb = list(worker_rss(tiermux).values())
+            return result
+
+        # Warm-up: pools filled, code paths warm, nothing recorded.
+        for target in TARGET_NAMES:
+            one(target, min(2.0, args.duration))
+        for r in range(args.rounds):
+            order = TARGET_NAMES[r % 3 :] + TARGET_NAMES[: r % 3]
+            results = []
+            for target in order:
+                attempts: list[WrkResult] = []
+                for attempt in range(1, args.retries + 2):
+                    if args.wait_quiet:
+                        busy = wait_for_quiet(args.quiet_threshold, args.wait_quiet)
+                        if busy > args.quiet_threshold:
+                            print(f"  (machine still {busy:.0%} busy with other work; measuring anyway)")
+                    result = one(target, args.duration)
+                    result.attempts = attempt
+                    attempts.append(result)
+                    cpu = "  ".join(f"{k} {v:.0f}%" for k, v in result.cpu.items())
+                    print(
+                        f"round {r + 1} {target:8s} {result.rps:10,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                        f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non2xx}  errors {result.socket_errors}"
+                        f"  | cpu: {cpu}",
+                        flush=True,
+                    )
+                    if result.noise <= args.noisy_cpu:
+                        break
+                    if attempt <= args.retries:
+                        print(
+                            f"  (other load took {result.noise:.0f}% of a core during the run: repeating it)"
+                        )
+                # The quietest attempt: chosen by the load others put on the machine, never by result.
+                result = min(attempts, key=lambda a: a.noise)
+                results.append(result)
+            rounds.append(results)
+        if children(tiermux.pid) != workers:
+            print(f"note: tiermux workers changed during the run: {workers} -> {children(tiermux.pid)}")
+    report = throughput_report(args, info, rounds)
+    write_report(args.out or RESULTS_DIR / "throughput.md", report)
+    return 0
+
+
+def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: list[list[WrkResult]]) -> str:
+    by_target: dict[str, list[WrkResult]] = {t: [] for t in TARGET_NAMES}
+    for results in rounds:
+        for result in results:
+            by_target[result.target].append(result)
+    med = {
+        t: {k: statistics.median(getattr(r, k) for r in rs) for k in ("rps", "p50_ms", "p99_ms")}
+        for t, rs in by_target.items()
+    }
+    label = {t: TARGET_LABELS[t].format(workers=args.workers) for t in TARGET_NAMES}
+    rows = []
+    for t in TARGET_NAMES:
+        rs = by_target[t]
+        rows.append(
+            [
+                label[t],
+                f"{med[t]['rps']:,.0f}",
+                f"{med[t]['p50_ms']:.2f}",
+                f"{med[t]['p99_ms']:.2f}",
+                sum(r.non2xx for r in rs),
+                sum(r.socket_errors for r in rs),
+                ", ".join(f"{r.rps:,.0f}" for r in rs),
+            ]
+        )
+    ratio = med["tiermux"]["rps"] / med["nginx"]["rps"] if med["nginx"]["rps"] else 0.0
+    quiet_rows = []
+    for t in TARGET_NAMES:
+        quiet = [r for r in by_target[t] if r.noise <= args.noisy_cpu]
+        if quiet:
+            quiet_rows.append(
+                [
+                    label[t],
+                    f"{statistics.median(r.rps for r in quiet):,.0f}",
+                    f"{statistics.median(r.p50_ms for r in quiet):.2f}",
+                    f"{statistics.median(r.p99_ms for r in quiet):.2f}",
+                    f"{len(quiet)} of {len(by_target[t])}",
+                ]
+            )
+        else:
+            quiet_rows.append([label[t], "-", "-", "-", f"0 of {len(by_target[t])}"])
+    rss = max((m for r in by_target["tiermux"] for m in r.rss_mb), default=0.0)
+    checks = [
+        [
+            "tiermux req/s",
+            f"{med['tiermux']['rps']:,.0f}",
+            f">= {TARGET_RPS:,}",
+            verdict(med["tiermux"]["rps"] >= TARGET_RPS),
+        ],
+        [
+            "tiermux / nginx",
+            f"{ratio:.0%}",
+            f">= {TARGET_NGINX_RATIO:.0%}",
+            verdict(ratio >= TARGET_NGINX_RATIO),
+        ],
+        [
+            "tiermux p99",
+            f"{med['tiermux']['p99_ms']:.2f} ms",
+            f"<= {TARGET_P99_MS:g} ms",
+            verdict(med["tiermux"]["p99_ms"] <= TARGET_P99_MS),
+        ],
+        [
+            "RSS per worker (max, end of each run)",
+            f"{rss:.1f} MB",
+            f"<= {TARGET_RSS_MB:g} MB",
+            verdict(rss <= TARGET_RSS_MB),
+        ],
+        [
+            "non-2xx + socket errors (tiermux)",
+            str(sum(r.non2xx + r.socket_errors for r in by_target["tiermux"])),
+            "0",
+            verdict(all(r.non2xx + r.socket_errors == 0 for r in by_target["tiermux"])),
+        ],
+    ]
+    cpu_rows = []
+    for t in TARGET_NAMES:
+        rs = by_target[t]
+        names = list(rs[0].cpu)
+        cells = [f"{n} {statistics.median(r.cpu[n] for r in rs):.0f}%" for n in names]
+        ours = [n for n in names if n not in ("other", "steal")]
+        total = statistics.median(sum(r.cpu[n] for n in ours) for r in rs)
+        proxy = [n for n in ours if n not in ("mock", "wrk")]
+        per_request = statistics.median(sum(r.cpu_us[n] for n in proxy) for r in rs) if proxy else None
+        cpu_rows.append(
+            [
+                label[t],
+                ", ".join(cells),
+                f"{total:.0f}%",
+                f"{per_request:.0f}" if per_request is not None else "-",
+                f"{statistics.median(r.cpu_us['mock'] for r in rs):.0f}",
+                f"{statistics.median(r.cpu_us['wrk'] for r in rs):.0f}",
+            ]
+        )
+    raw = []
+    for i, results in enumerate(rounds):
+        for r in results:
+            raw.append(
+                [
+                    i + 1,
+                    r.target,
+                    f"{r.rps:,.0f}",
+                    f"{r.p50_ms:.2f}",
+                    f"{r.p99_ms:.2f}",
+                    r.requests,
+                    r.non2xx,
+                    r.socket_errors,
+                    f"{r.noise:.0f}%",
+                    r.attempts,
+                ]
+            )
+    load = " ".join(wrk_command("URL", args.duration, args.connections, args.threads, "MODEL"))
+    lines = [
+        "# Throughput: tiermux vs nginx vs the backend directly",
+        "",
+        f"Run on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Load: `{load}` (MODEL is `auto` for tiermux, the backend's model name otherwise),",
+        f"{args.rounds} round(s), targets interleaved and the order rotated each round, after a warm-up",
+        "run per target. The backend is `python -m bench.mock_backend --flavor vllm` answering",
+        f"{args.tokens} tokens with no added latency; wrk, the mock and the proxy all share this machine.",
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(info),
+        "",
+        "## Results (median over rounds)",
+        "",
+        *md_table(
+            ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors", "req/s per round"], rows
+        ),
+        "",
+        f"**tiermux / nginx = {ratio:.2f}** (median req/s against median req/s)",
+        "",
+        f"The same, from the quiet runs only (other processes took at most {args.noisy_cpu:g}% of a core):",
+        "",
+        *md_table(["target", "req/s", "p50 ms", "p99 ms", "quiet runs"], quiet_rows),
+        "",
+        "## Targets",
+        "",
+        *md_table(["what", "measured", "target", ""], checks),
+        "",
+        "## Where the CPU went (median over rounds; % of one core, the machine has "
+        f"{len(os.sched_getaffinity(0)) * 100}%)",
+        "",
+        "`other` is CPU used by processes outside this benchmark during the run; `steal` is time the",
+        "hypervisor gave to other guests. Either one above a few percent makes that run noisy. The",
+        "per-request columns divide each process's CPU time by the requests served: they depend much",
+        "less on other load than req/s does.",
+        "",
+        *md_table(
+            [
+                "target",
+                "CPU by process",
+                "benchmark total",
+                "proxy CPU µs/request",
+                "mock CPU µs/request",
+                "wrk CPU µs/request",
+            ],
+            cpu_rows,
+        ),
+        "",
+        "## Every run",
+        "",
+        f"A run during which other processes took more than {args.noisy_cpu:g}% of a core is repeated "
+        f"(up to {args.retries} times);",
+        "the quietest attempt is kept (chosen by other load, not by result), and the table says which",
+        "one it was and how noisy it still was.",
+        "",
+        *md_table(
+            [
+                "round",
+                "target",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "requests",
+                "non-2xx",
+                "errors",
+                "other + steal CPU",
+                "attempt",
+            ],
+            raw,
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Mode 2: streaming time to first token
+# --------------------------------------------------------------------------------------------
+
+
+def stream_body(model: str) -> bytes:
+    return (
+        b'{"model":"' + model.encode() + b'","messages":[{"role":"system","content":"You are a helpful '
+        b'assistant."},{"role":"user","content":"Write one sentence about the sea."}],'
+        b'"max_tokens":64,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}'
+    )
+
+
+async def _measure_ttft(
+    urls: dict[str, str], models: dict[str, str], n: int, warmup: int
+) -> dict[str, list[float]]:
+    import httpx
+
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    bodies = {name: stream_body(models[name]) for name in urls}
+    headers = {"content-type": "application/json", "authorization": "Bearer bench-key"}
+    timeout = httpx.Timeout(30.0)
+    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=4)) as client:
+        for i in range(warmup + n):
+            names = list(urls)
+            order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
+            for name in order:
+                url = urls[name] + "/v1/chat/completions"
+                t0 = time.perf_counter()
+                first = 0.0
+                async with client.stream("POST", url, content=bodies[name], headers=headers) as response:
+                    if response.status_code != 200:
+                        raise BenchError(f"{name}: HTTP {response.status_code}: {await response.aread()!r}")
+                    async for chunk in response.aiter_raw():
+                        if chunk and not first:
+                            first = time.perf_counter()
+                if not first:
+                    raise BenchError(f"{name}: empty stream")
+                if i >= warmup:
+                    samples[name].append((first - t0) * 1000)
+    return samples
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    info = machine_info()
+    n = 20 if args.quick else args.requests
+    with Processes(keep_logs=args.keep_logs) as procs:
+        mock = start_mock(procs, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=STREAM_TOKENS)
+        tiermux = start_tiermux(procs, mock.url, workers=args.workers)
+        nginx = start_nginx(procs, mock.url)
+        urls = {"direct": mock.url, "tiermux": tiermux.url, "nginx": nginx.url}
+        models = {"direct": MOCK_MODEL, "tiermux": "auto", "nginx": MOCK_MODEL}
+        print(f"mock {mock.url} (ttft {args.ttft_ms:g} ms, itl {args.itl_ms:g} ms)  tiermux {tiermux.url}")
+        print(f"{n} sequential streaming requests to each path, interleaved...", flush=True)
+        if args.wait_quiet:
+            wait_for_quiet(args.quiet_threshold, args.wait_quiet)
+        watch = {
+            "client": [os.getpid()],
+            "mock": [mock.pid],
+            "tiermux": process_tree(tiermux.pid),
+            "nginx": process_tree(nginx.pid),
+        }
+        with CpuProbe(watch, child_label="-") as probe:
+            try:
+                import uvloop
+
+                samples = uvloop.run(_measure_ttft(urls, models, n, warmup=10))
+            except ImportError:
+                samples = asyncio.run(_measure_ttft(urls, models, n, warmup=10))
+        rss = worker_rss(tiermux)
+    cpu = probe.percent()
+    rows = [
+        [name, f"{statistics.median(v):.2f}", f"{percentile(v, 99):.2f}", f"{min(v):.2f}", len(v)]
+        for name, v in samples.items()
+    ]
+    # Requests i of both paths ran back to back: their difference cancels slow drift on the machine.
+    added: dict[str, list[float]] = {
+        proxy: [p - d for p, d in zip(samples[proxy], samples["direct"], strict=True)]
+        for proxy in ("tiermux", "nginx")
+    }
+    added_rows = [
+        [f"{proxy} - direct", f"{statistics.median(v):+.2f}", f"{percentile(v, 99):+.2f}"]
+        for proxy, v in added.items()
+    ]
+    delta_median = statistics.median(added["tiermux"])
+    rss_max = max(rss.values(), default=0.0)
+    checks = [
+        [
+            "TTFT added by tiermux (median of paired differences)",
+            f"{delta_median:+.2f} ms",
+            f"<= {TARGET_TTFT_DELTA_MS:g} ms",
+            verdict(delta_median <= TARGET_TTFT_DELTA_MS),
+        ],
+        [
+            "TTFT added by nginx, for reference",
+            f"{statistics.median(added['nginx']):+.2f} ms",
+            "",
+            "",
+        ],
+        [
+            "RSS per worker (max)",
+            f"{rss_max:.1f} MB",
+            f"<= {TARGET_RSS_MB:g} MB",
+            verdict(rss_max <= TARGET_RSS_MB),
+        ],
+    ]
+    lines = [
+        "# Streaming: time to first token, direct vs through tiermux (and nginx)",
+        "",
+        f"Run on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"The mock answers after {args.ttft_ms:g} ms with its first token, then one token every "
+        f"{args.itl_ms:g} ms ({STREAM_TOKENS} tokens,",
+        "usage chunk included). One httpx client sends sequential streaming chat completions: to the mock,",
+        "through tiermux and through nginx (the same nginx as in the throughput test), one after the",
+        "other, the path that goes first rotating, after 10 warm-up requests each. TTFT is the time from",
+        "sending the request to the first body byte; every stream is read to its end. nginx shows",
+        "what one hop through a proxy costs on this machine when everything is idle.",
+        "",
+        "## TTFT (ms)",
+        "",
+        f"CPU during the measurement (% of one core): client {cpu['client']:.0f}%, mock {cpu['mock']:.0f}%, "
+        f"tiermux {cpu['tiermux']:.0f}%, nginx {cpu['nginx']:.0f}%; other processes {cpu['other']:.0f}%, "
+        f"steal {cpu['steal']:.0f}%.",
+        "",
+        *md_table(["path", "median", "p99", "min", "requests"], rows),
+        "",
+        "Added by the proxy, from paired requests (request i through the proxy minus request i direct):",
+        "",
+        *md_table(["", "median", "p99"], added_rows),
+        "",
+        "## Targets",
+        "",
+        *md_table(["what", "measured", "target", ""], checks),
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(info),
+        "",
+    ]
+    write_report(args.out or RESULTS_DIR / "stream.md", "\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Mode 3: soak
+# --------------------------------------------------------------------------------------------
+
+
+def soak_growth(samples: Sequence[float]) -> float:
+    """Growth over the second half: (largest sample of the second half - its first) / its first."""
+    half = list(samples[len(samples) // 2 :])
+    if len(half) < 2 or half[0] <= 0:
+        return 0.0
+    return (max(half) - half[0]) / half[0]
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    info = machine_info()
+    total = 0
+    segments: list[tuple[int, float, float, float, dict[int, float]]] = []
+    with Processes(keep_logs=args.keep_logs) as procs:
+        mock = start_mock(procs, tokens=args.tokens)
+        tiermux = start_tiermux(procs, mock.url, workers=args.workers)
+        workers = children(tiermux.pid)
+        start_rss = worker_rss(tiermux)
+        print(f"soak: {args.soak:,} requests through tiermux {tiermux.url}, {args.segment:g} s segments")
+        print(f"  start: RSS {', '.join(f'{v:.1f}' for v in start_rss.values())} MB", flush=True)
+        watch = {"mock": [mock.pid], "tiermux": process_tree(tiermux.pid)}
+        errors = 0
+        while total < args.soak:
+            result = run_wrk(
+                "tiermux",
+                tiermux.url,
+                duration=args.segment,
+                connections=args.connections,
+                threads=args.threads,
+                model="auto",
+                watch=watch,
+            )
+            total += result.requests
+            errors += result.non2xx + result.socket_errors
+            rss = worker_rss(tiermux)
+            segments.append((total, result.rps, result.p99_ms, result.noise, rss))
+            print(
+                f"  {total:>11,} requests  {result.rps:8,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+                f"RSS {', '.join(f'{v:.1f}' for v in rss.values())} MB",
+                flush=True,
+            )
+        restarted = children(tiermux.pid) != workers
+    per_worker: dict[int, list[float]] = {pid: [] for pid in workers}
+    for *_, rss in segments:
+        for pid in workers:
+            per_worker[pid].append(rss.get(pid, 0.0))
+    growth = {pid: soak_growth(values) for pid, values in per_worker.items()}
+    worst = max(growth.values(), default=0.0)
+    flat = worst <= TARGET_SOAK_GROWTH and not restarted
+    rss_max = max((v for values in per_worker.values() for v in values), default=0.0)
+    rows = [
+        [
+            i + 1,
+            f"{n:,}",
+            f"{rps:,.0f}",
+            f"{p99:.2f}",
+            f"{noise:.0f}%",
+            *(f"{rss.get(pid, 0.0):.1f}" for pid in workers),
+        ]
+        for i, (n, rps, p99, noise, rss) in enumerate(segments)
+    ]
+    checks = [
+        [
+            "RSS growth over the second half (worst worker)",
+            f"{worst:+.1%}",
+            f"<= {TARGET_SOAK_GROWTH:.0%}",
+            verdict(flat),
+        ],
+        [
+            "RSS per worker (max)",
+            f"{rss_max:.1f} MB",
+            f"<= {TARGET_RSS_MB:g} MB",
+            verdict(rss_max <= TARGET_RSS_MB),
+        ],
+        ["non-2xx + socket errors", str(errors), "0", verdict(errors == 0)],
+    ]
+    lines = [
+        "# Soak: worker memory under sustained load",
+        "",
+        f"Run on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"{total:,} requests through tiermux ({args.workers} workers) in {len(segments)} wrk segments of "
+        f"{args.segment:g} s",
+        f"(`-t{args.threads} -c{args.connections}`, bench/wrk/chat.lua), VmRSS of each worker sampled after "
+        "each segment.",
+        "Flat means the largest sample of the second half is at most 5% above the first sample of the",
+        "second half." + (" **A worker was restarted during the run.**" if restarted else ""),
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(info),
+        "",
+        "## Targets",
+        "",
+        *md_table(["what", "measured", "target", ""], checks),
+        "",
+        "## Samples",
+        "",
+        f"RSS at start (MB): {', '.join(f'{v:.1f}' for v in start_rss.values())}",
+        "",
+        *md_table(
+            [
+                "segment",
+                "requests so far",
+                "req/s",
+                "p99 ms",
+                "other + steal CPU",
+                *(f"worker {i + 1} RSS MB" for i in range(len(workers))),
+            ],
+            rows,
+        ),
+        "",
+    ]
+    write_report(args.out or RESULTS_DIR / "soak.md", "\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description="tiermux against nginx and the bare backend: req/s, latency, TTFT, memory.",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="tiermux worker processes (default 2)")
+    parser.add_argument("--tokens", type=int, default=16, help="words in the mock's answers (default 16)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 round of 2 s (--stream: 20 requests)"
+    )
+    parser.add_argument("--out", type=Path, help="report file (default: bench/results/<mode>.md)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep server logs and configs")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other load on the machine to stop (0: don't)",
+    )
+    parser.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.10,
+        metavar="FRACTION",
+        help="machine busy share counted as quiet (default 0.10)",
+    )
+    parser.add_argument(
+        "--noisy-cpu",
+        type=float,
+        default=15.0,
+        metavar="PERCENT",
+        help="a run during which other processes took more CPU than this (%% of a core) is noisy",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="times a noisy run is repeated (default 2)")
+    stream = parser.add_argument_group("streaming (--stream)")
+    stream.add_argument("--stream", action="store_true", help="measure streaming TTFT, direct vs tiermux")
+    stream.add_argument("--requests", type=int, default=200, help="requests per path (default 200)")
+    stream.add_argument("--ttft-ms", type=float, default=STREAM_TTFT_MS, help="mock's time to first token")
+    stream.add_argument("--itl-ms", type=float, default=STREAM_ITL_MS, help="mock's time between tokens")
+    soak = parser.add_argument_group("soak (--soak N)")
+    soak.add_argument("--soak", type=int, metavar="N", help="drive N requests through tiermux, sampling RSS")
+    soak.add_argument("--segment", type=float, default=10.0, help="seconds per soak segment (default 10)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2.0
+    if not CHAT_LUA.exists():
+        raise SystemExit(f"missing {CHAT_LUA}")
+    try:
+        if args.stream:
+            return run_stream(args)
+        if args.soak:
+            return run_soak(args)
+        return run_throughput(args)
+    except BenchError as exc:
+        print(f"bench.throughput: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
