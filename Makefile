@@ -19,8 +19,9 @@ $(INSTALLED): pyproject.toml setup.py $(wildcard csrc/*.pyx)
 
 install: $(INSTALLED)
 
+# Rebuild the extensions after editing csrc/ (an editable install compiles them in place).
 build: $(INSTALLED)
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) -m pip install -q --no-deps -e .
 
 system-deps:
 	scripts/install-system-deps.sh $(SYSTEM_DEPS)
