@@ -83,6 +83,22 @@ class BenchError(RuntimeError):
 _PR_SET_PDEATHSIG = 1
 
 
+# How each process the harness starts is grouped. By default each gets a session of its own, as
+# separate services would; with the kernel's autogroup scheduling (sched_autogroup_enabled=1) a
+# session is also a scheduling group, so on an oversubscribed machine the CPU is shared between
+# the groups (wrk, mock, proxy) rather than between their threads, and a proxy made of several
+# processes and threads gets no more than a one-process one. --one-session keeps everything in
+# the harness's session (own process groups, for clean-up), so the kernel schedules threads alone.
+ONE_SESSION = False
+
+
+def autogroup_enabled() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM if the harness dies without cleaning up."""
     with contextlib.suppress(Exception):
@@ -114,7 +130,7 @@ class Service:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the whole group, then SIGKILL to whatever is left after ``timeout``."""
-        pgid = self.process.pid  # start_new_session=True: the group id is the leader's pid
+        pgid = self.process.pid  # a process group of its own either way: the leader's pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -179,7 +195,8 @@ class Processes(contextlib.AbstractContextManager["Processes"]):
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 env=env,
-                start_new_session=True,
+                start_new_session=not ONE_SESSION,
+                process_group=0 if ONE_SESSION else None,
                 preexec_fn=_die_with_parent,
             )
         service = Service(name, process, log)
@@ -572,7 +589,8 @@ def run_wrk(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            start_new_session=True,
+            start_new_session=not ONE_SESSION,
+            process_group=0 if ONE_SESSION else None,
             preexec_fn=_die_with_parent,
         )
         try:
@@ -902,6 +920,8 @@ def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: li
         f"{args.rounds} round(s), targets interleaved and the order rotated each round, after a warm-up",
         "run per target. The backend is `python -m bench.mock_backend --flavor vllm` answering",
         f"{args.tokens} tokens with no added latency; wrk, the mock and the proxy all share this machine.",
+        "",
+        _grouping_line(args),
         "",
         "## Machine",
         "",
@@ -1259,6 +1279,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="report file (default: bench/results/<mode>.md)")
     parser.add_argument("--keep-logs", action="store_true", help="keep server logs and configs")
     parser.add_argument(
+        "--one-session",
+        action="store_true",
+        help="start every process in this session (one scheduling group) instead of one session each",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=20.0,
@@ -1291,8 +1316,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _grouping_line(args: argparse.Namespace) -> str:
+    autogroup = "on" if autogroup_enabled() else "off"
+    if args.one_session:
+        return f"Processes: all in this session (--one-session); kernel autogroup scheduling {autogroup}."
+    return f"Processes: one session each (as separate services); kernel autogroup scheduling {autogroup}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.one_session:
+        global ONE_SESSION
+        ONE_SESSION = True
     if args.quick:
         args.rounds, args.duration = 1, 2.0
     if not CHAT_LUA.exists():
