@@ -132,6 +132,7 @@ class TiermuxApp:
                 return
 
     async def aclose(self) -> None:
+        self.forwarder.disconnects.close()
         for backend in self.backends.values():
             await backend.aclose()
 

@@ -3,7 +3,7 @@
     read body (bounded) -> decode routing fields -> resolve route -> splice ``model``
     -> try the chain's backends in order until one answers -> relay the answer
 
-A client that leaves cancels the work done for it (``DisconnectWatch``). Failover happens only
+A client that leaves cancels the work done for it (``DisconnectWatcher``). Failover happens only
 before the client has received a byte: connection errors, timeouts and
 5xx answers move to the next backend of the chain. A non-streaming answer is read whole before
 anything is sent, so that a backend failing mid-answer can still be replaced; a stream is relayed
@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from tiermux._speedups import h1client, jsonscan
-from tiermux.api.disconnect import DisconnectWatch
+from tiermux.api.disconnect import DisconnectWatcher
 from tiermux.api.errors import (
     BadGateway,
     BadRequest,
@@ -67,6 +67,7 @@ class Forwarder:
         self.backends = backends
         self.max_body_bytes = max_body_bytes
         self._route_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+        self.disconnects = DisconnectWatcher()
 
     def _added_headers(self, route: Route, backend: Backend) -> list[tuple[bytes, bytes]]:
         key = (route.tier, backend.name)
@@ -116,7 +117,7 @@ class Forwarder:
             start, end = jsonscan.value_span(body, b"model")
         except jsonscan.ScanError as exc:  # JSON msgspec took but the scanner can't walk
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        with DisconnectWatch(receive):
+        with self.disconnects.watch(receive):
             backend, response, payload = await self._forward(route, endpoint, body, start, end)
             headers = relayed_headers(response.headers, self._added_headers(route, backend))
             if payload is not None:
