@@ -125,8 +125,10 @@ def standard_tree(
     *,
     server: Mapping[str, Any] | None = None,
     read_timeout: float = 10.0,
+    classified: bool = False,
 ) -> dict[str, Any]:
-    """Two backends (a local vLLM and a cloud model), two tiers, two aliases."""
+    """Two backends (a local vLLM and a cloud model), two tiers, two aliases; the classifier is off
+    unless ``classified`` (``auto`` then goes to the cheap tier, as pass-through tests expect)."""
     return {
         "server": dict(server or {}),
         "backends": [
@@ -136,7 +138,11 @@ def standard_tree(
             ),
         ],
         "tiers": {"cheap": ["local-9b", "frontier"], "capable": ["frontier"]},
-        "routing": {"default_tier": "cheap", "aliases": {"fast": "cheap", "smart": "capable"}},
+        "routing": {
+            "default_tier": "cheap",
+            "aliases": {"fast": "cheap", "smart": "capable"},
+            "classifier": {"enabled": classified},
+        },
     }
 
 

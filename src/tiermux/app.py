@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from tiermux._speedups import jsonscan
 from tiermux.api.auth import Authenticator
 from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
-from tiermux.api.wire import ModelCard, ModelList
+from tiermux.api.wire import ModelCard, ModelList, encode_decision
 from tiermux.config import Config, load_config
 from tiermux.proxy import ClientDisconnected, Forwarder, Receive, Scope, Send
-from tiermux.routing.resolver import Resolver
+from tiermux.routing.router import Router
 from tiermux.upstream.backend import Backend
 
 __all__ = ["CONFIG_ENV", "TiermuxApp", "create_app"]
@@ -39,9 +40,10 @@ class TiermuxApp:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.resolver = Resolver(config)
+        self.router = Router(config)
+        self.resolver = self.router.resolver
         self.backends = {b.name: Backend(b) for b in config.backends}
-        self.forwarder = Forwarder(self.resolver, self.backends, config.server.max_body_bytes)
+        self.forwarder = Forwarder(self.router, self.backends, config.server.max_body_bytes)
         # Probes stay open to the orchestrator; everything under /v1 needs a key when keys are set.
         self.authenticator = Authenticator(config.auth.keys) if config.auth.keys else None
         forward = self.forwarder
@@ -49,6 +51,7 @@ class TiermuxApp:
             "/v1/chat/completions": {"POST": lambda s, r, w: forward("/chat/completions", s, r, w)},
             "/v1/completions": {"POST": lambda s, r, w: forward("/completions", s, r, w)},
             "/v1/embeddings": {"POST": lambda s, r, w: forward("/embeddings", s, r, w)},
+            "/v1/route": {"POST": self._route},
             "/v1/models": {"GET": self._models},
             "/health": {"GET": self._health},
             "/ready": {"GET": self._ready},
@@ -103,6 +106,14 @@ class TiermuxApp:
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, self._models_body)
 
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The routing decision for a chat (or completion) body, without calling a backend."""
+        body = await self.forwarder.receive_body(receive)
+        endpoint = "/completions" if _is_completion(body) else "/chat/completions"
+        decision = self.forwarder.decide(endpoint, body, scope)
+        first = self.backends[decision.backends[0]]
+        await _send_json(send, 200, encode_decision(decision, first.config.model))
+
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, b'{"status":"ok"}')
 
@@ -152,6 +163,15 @@ async def _send_json(
 
 async def _send_error(send: Send, error: ProxyError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await _send_json(send, error.status, error.body(), JSON_HEADERS + extra if extra else None)
+
+
+def _is_completion(body: bytes) -> bool:
+    """A legacy completion body has a ``prompt`` and no ``messages`` (a body that is not a JSON
+    object is left for the chat decoder to refuse)."""
+    try:
+        return jsonscan.value_span(body, b"messages")[0] < 0 and jsonscan.value_span(body, b"prompt")[0] >= 0
+    except jsonscan.ScanError:
+        return False
 
 
 def create_app(config_path: str | None = None) -> TiermuxApp:

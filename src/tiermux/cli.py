@@ -1,4 +1,4 @@
-"""The ``tiermux`` command: ``serve`` and ``check``."""
+"""The ``tiermux`` command: ``serve``, ``check``, and the classifier's ``explain``, ``train``, ``eval``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tiermux import __version__
@@ -66,6 +66,131 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_CONFIG = Path(__file__).parent / "examples" / "demo.yaml"
+
+
+def _routing_config(path: str | None) -> Config | None:
+    """The config the classifier commands route with: --config, $TIERMUX_CONFIG, or the demo."""
+    return _load(path or os.environ.get("TIERMUX_CONFIG") or str(DEMO_CONFIG))
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from tiermux.api.errors import ProxyError
+    from tiermux.api.wire import encode_decision
+    from tiermux.routing.request import RequestText, chat_from_object
+    from tiermux.routing.router import Router
+    from tiermux.routing.weights import WeightsError
+
+    config = _routing_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        router = Router(config)
+        if args.request:
+            import json
+
+            request = chat_from_object(json.loads(Path(args.request).read_text(encoding="utf-8")))
+        else:
+            request = RequestText(prompt, args.system or "")
+        decision = router.decide(router.resolve(args.model), request)
+    except (OSError, ValueError, WeightsError, ProxyError) as exc:
+        print(f"tiermux: {exc}", file=sys.stderr)
+        return 1
+    backend = next(b for b in config.backends if b.name == decision.backends[0])
+    if args.json:
+        print(encode_decision(decision, backend.model).decode())
+        return 0
+    c = decision.classification
+    if c is None:
+        print(f"tier:        {decision.tier} (classifier off)")
+    else:
+        top = sorted(c.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        print(f"category:    {c.category}")
+        print(f"confidence:  {c.confidence:.2f}   ({', '.join(f'{k} {v:.2f}' for k, v in top)})")
+        print(f"score:       {c.score} / 100")
+        print(f"signals:     {', '.join(c.signals) or '-'}")
+        if c.rules:
+            print(f"rules:       {', '.join(c.rules)}")
+    print(f"tier:        {decision.tier}   ({'; '.join(decision.reasons)})")
+    print(f"backend:     {backend.name} (model {backend.model}); chain {' > '.join(decision.backends)}")
+    return 0
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr (silent when stderr is not a terminal, but for the end)."""
+    tty = sys.stderr.isatty()
+    state = {"shown": -1}
+
+    def show(done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if done != total and (not tty or percent == state["shown"]):
+            return
+        state["shown"] = percent
+        filled = 30 * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr)
+
+    return show
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tiermux.routing.dataset import DatasetError, Example, load_examples, split_holdout
+    from tiermux.routing.train import TrainOptions, train
+
+    try:
+        examples = load_examples(args.data)
+        options = TrainOptions(args.buckets, args.epochs, args.rate, args.l2, args.seed)
+    except (DatasetError, ValueError) as exc:
+        print(f"tiermux: {exc}", file=sys.stderr)
+        return 1
+    held: list[Example] = []
+    if args.holdout:
+        examples, held = split_holdout(examples, args.holdout, args.seed)
+    if not examples:
+        print("tiermux: no examples to train on", file=sys.stderr)
+        return 1
+    print(f"training on {len(examples)} examples ({options})", file=sys.stderr)
+    bar = _progress("epochs")
+    weights = train(
+        examples,
+        options,
+        progress=lambda done, total, loss: bar(done, total),
+        meta={"data": [Path(p).name for p in args.data], "holdout": args.holdout},
+    )
+    weights.save(args.out)
+    print(f"wrote {args.out}")
+    if held:
+        from tiermux.routing.classifier import Classifier
+
+        classifier = Classifier(weights)
+        right = sum(classifier.classify(ex.request).category == ex.label for ex in held)
+        print(f"held-out accuracy: {right / len(held):.3f} on {len(held)} examples")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tiermux.routing.classifier import Classifier
+    from tiermux.routing.dataset import DatasetError, load_examples
+    from tiermux.routing.evaluate import evaluate
+    from tiermux.routing.router import Router
+    from tiermux.routing.weights import WeightsError, load_weights
+
+    config = _routing_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        examples = load_examples(args.data)
+        weights = load_weights(args.weights or config.routing.classifier.weights)
+    except (DatasetError, OSError, WeightsError) as exc:
+        print(f"tiermux: {exc}", file=sys.stderr)
+        return 1
+    router = Router(config, Classifier(weights))
+    result = evaluate(examples, config, router, args.output_tokens, progress=_progress("classifying"))
+    print(result.report())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiermux",
@@ -98,7 +223,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
     check.set_defaults(run=_check)
+
+    explain = commands.add_parser(
+        "explain",
+        help="show how a prompt would be routed",
+        description="Classify a prompt and show category, confidence, score, signals, tier and backend.",
+    )
+    explain.add_argument("prompt", nargs="?", default="", help="the user message ('-' reads stdin)")
+    explain.add_argument("--system", metavar="TEXT", help="a system prompt to go with it")
+    explain.add_argument("--request", metavar="FILE", help="a whole chat-completions body (JSON) instead")
+    explain.add_argument("--model", default="auto", help="the model the client names (default: auto)")
+    explain.add_argument("--config", "-c", metavar="FILE", help=_CONFIG_HELP)
+    explain.add_argument("--json", action="store_true", help="print the decision as /v1/route does")
+    explain.set_defaults(run=_explain)
+
+    trainer = commands.add_parser(
+        "train",
+        help="train the classifier on labelled requests",
+        description="Train the routing classifier on JSONL files of labelled requests (one object "
+        'a line: "label" and one of "prompt", "messages" or "request"). Deterministic for a seed.',
+    )
+    trainer.add_argument("data", nargs="+", metavar="DATA.jsonl")
+    trainer.add_argument(
+        "--out",
+        "-o",
+        default="classifier.tmxw",
+        metavar="FILE",
+        help="weights file to write (default: classifier.tmxw); use it with routing.classifier.weights",
+    )
+    trainer.add_argument("--seed", type=int, default=7, help="default: 7")
+    trainer.add_argument("--epochs", type=int, default=12, help="default: 12")
+    trainer.add_argument(
+        "--buckets", type=int, default=1 << 16, help="hash buckets, a power of two (default: 65536)"
+    )
+    trainer.add_argument("--rate", type=float, default=0.4, help="AdaGrad learning rate (default: 0.4)")
+    trainer.add_argument("--l2", type=float, default=1e-5, help="L2 penalty (default: 1e-5)")
+    trainer.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="hold out this share of each label and report accuracy on it",
+    )
+    trainer.set_defaults(run=_train)
+
+    evaluator = commands.add_parser(
+        "eval",
+        help="score routing on labelled requests",
+        description="Per-category precision and recall, confusion matrix, savings recall, "
+        "misroute-down rate and blended cost against an all-capable baseline.",
+    )
+    evaluator.add_argument("data", nargs="+", metavar="DATA.jsonl")
+    evaluator.add_argument("--config", "-c", metavar="FILE", help=_CONFIG_HELP)
+    evaluator.add_argument("--weights", metavar="FILE", help="weights to use instead of the config's")
+    evaluator.add_argument(
+        "--output-tokens",
+        type=int,
+        default=300,
+        metavar="N",
+        help="output tokens assumed per request when pricing (default: 300)",
+    )
+    evaluator.set_defaults(run=_eval)
     return parser
+
+
+_CONFIG_HELP = "config with the tiers, policy and prices (default: $TIERMUX_CONFIG, else the demo config)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,6 +59,8 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Score = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
 
 class ServerConfig(_Strict, frozen=True):
@@ -115,13 +117,39 @@ class BackendConfig(_Strict, frozen=True):
         )
 
 
+class ClassifierConfig(_Strict, frozen=True):
+    """The request classifier behind ``model: "auto"``."""
+
+    enabled: bool = True
+    """Off: ``auto`` and aliases go to ``default_tier`` (or the alias's tier) unclassified."""
+    weights: str | None = None
+    """A weights file written by ``tiermux train``; the bundled model when unset."""
+
+
 class RoutingConfig(_Strict, frozen=True):
-    """How the ``model`` a client sends picks a tier."""
+    """How a request picks a tier: by the ``model`` it names and, for ``auto``, by its task."""
 
     default_tier: str | None = None
-    """Tier for ``model: "auto"``; the first tier when unset."""
+    """Tier for requests that are not classified (embeddings; ``auto`` with the classifier off);
+    the first tier when unset."""
     aliases: dict[str, str] = {}
-    """Model names clients may send, each mapped to a tier name."""
+    """Model names clients may send: ``auto`` (classified) or a tier, the lowest one the request
+    may use (classified, and lifted to that tier when the classifier picks a cheaper one)."""
+    classifier: ClassifierConfig = ClassifierConfig()
+    categories: dict[str, str] = {}
+    """Category to tier. Unset categories: extraction, classification, summarisation, rewriting
+    and open_qa go to the first tier; the other four to the second (the first if there is one)."""
+    min_confidence: Probability = 0.45
+    """A request classified with less confidence goes to ``uncertain_tier`` (if that is dearer)."""
+    uncertain_tier: str | None = None
+    """Where uncertain requests go; unset: the tier of ``reasoning``."""
+    lift_score: Score | None = 80
+    """A complexity score at or above this lifts the request one tier; null turns lifting off."""
+    signal_tiers: dict[str, str] | None = None
+    """Signal to the lowest tier a request with it may use; unset: ``tools`` and ``image`` go at
+    least to the tier of ``reasoning`` (cheap local models rarely call tools or see images well)."""
+    allow_header_override: bool = False
+    """Honour the ``X-Tiermux-Tier`` and ``X-Tiermux-Category`` request headers."""
 
 
 class AuthConfig(_Strict, frozen=True):
@@ -152,7 +180,7 @@ _SECRET_PATH = re.compile(r".*\.api_key|\$\.auth\.keys\[\d+\]")
 
 
 # Files named in the config are found relative to the config file, wherever tiermux was started.
-_FILE_PATH = re.compile(r".*\.(api_key_file|ca_file)")
+_FILE_PATH = re.compile(r".*\.(api_key_file|ca_file|weights)")
 
 
 def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
@@ -230,8 +258,39 @@ def _check_references(config: Config, source: str) -> None:
     if routing.default_tier is not None and routing.default_tier not in config.tiers:
         raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
     for alias, tier in routing.aliases.items():
+        if tier != "auto" and tier not in config.tiers:
+            raise ConfigError(source, f"$.routing.aliases.{alias}", f"expected auto or a tier, got {tier!r}")
+    _check_routing_policy(config, source)
+
+
+def _check_routing_policy(config: Config, source: str) -> None:
+    from tiermux.routing.categories import CATEGORIES
+    from tiermux.routing.classifier import SIGNALS
+
+    routing = config.routing
+    for category, tier in routing.categories.items():
+        if category not in CATEGORIES:
+            raise ConfigError(
+                source,
+                f"$.routing.categories.{category}",
+                f"unknown category; expected one of {', '.join(CATEGORIES)}",
+            )
         if tier not in config.tiers:
-            raise ConfigError(source, f"$.routing.aliases.{alias}", f"unknown tier {tier!r}")
+            raise ConfigError(source, f"$.routing.categories.{category}", f"unknown tier {tier!r}")
+    if routing.uncertain_tier is not None and routing.uncertain_tier not in config.tiers:
+        raise ConfigError(source, "$.routing.uncertain_tier", f"unknown tier {routing.uncertain_tier!r}")
+    for signal, tier in (routing.signal_tiers or {}).items():
+        if signal not in SIGNALS:
+            raise ConfigError(
+                source,
+                f"$.routing.signal_tiers.{signal}",
+                f"unknown signal; expected one of {', '.join(SIGNALS)}",
+            )
+        if tier not in config.tiers:
+            raise ConfigError(source, f"$.routing.signal_tiers.{signal}", f"unknown tier {tier!r}")
+    weights = routing.classifier.weights
+    if weights is not None and not Path(weights).is_file():
+        raise ConfigError(source, "$.routing.classifier.weights", f"no such file: {weights}")
 
 
 def exposure_problem(config: Config, host: str) -> str | None:

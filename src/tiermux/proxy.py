@@ -1,7 +1,7 @@
 """The hot path: one OpenAI-style request from the client to a backend and its answer back.
 
-    read body (bounded) -> decode routing fields -> resolve route -> splice ``model``
-    -> try the chain's backends in order until one answers -> relay the answer
+    read body (bounded) -> decode routing fields -> route (resolve, classify, policy)
+    -> splice ``model`` -> try the chain's backends in order until one answers -> relay the answer
 
 A client that leaves cancels the work done for it (``DisconnectWatcher``). Failover happens only
 before the client has received a byte: connection errors, timeouts and
@@ -31,7 +31,8 @@ from tiermux.api.errors import (
 )
 from tiermux.api.headers import relayed_headers
 from tiermux.api.wire import decode_routing_fields
-from tiermux.routing.resolver import Resolver, Route
+from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
+from tiermux.routing.router import Decision, Router
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
 
@@ -62,21 +63,27 @@ def _client_error(exc: UpstreamError, backend: Backend) -> UpstreamFailure:
 class Forwarder:
     """Forwards requests for the OpenAI endpoints that carry a ``model``."""
 
-    def __init__(self, resolver: Resolver, backends: dict[str, Backend], max_body_bytes: int) -> None:
-        self.resolver = resolver
+    def __init__(self, router: Router, backends: dict[str, Backend], max_body_bytes: int) -> None:
+        self.router = router
         self.backends = backends
         self.max_body_bytes = max_body_bytes
-        self._route_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+        # Every combination is built once; all parts come from config and fixed sets.
+        self._route_headers: dict[tuple[str, str, str, int], list[tuple[bytes, bytes]]] = {}
         self.disconnects = DisconnectWatcher()
 
-    def _added_headers(self, route: Route, backend: Backend) -> list[tuple[bytes, bytes]]:
-        key = (route.tier, backend.name)
+    def _added_headers(self, decision: Decision, backend: Backend) -> list[tuple[bytes, bytes]]:
+        classification = decision.classification
+        category, score = (classification.category, classification.score) if classification else ("", -1)
+        key = (decision.tier, backend.name, category, score)
         headers = self._route_headers.get(key)
         if headers is None:
             headers = [
-                (b"x-tiermux-tier", route.tier.encode()),
+                (b"x-tiermux-tier", decision.tier.encode()),
                 (b"x-tiermux-backend", backend.name.encode()),
             ]
+            if classification is not None:
+                headers.append((b"x-tiermux-category", category.encode()))
+                headers.append((b"x-tiermux-score", str(score).encode()))
             self._route_headers[key] = headers
         return headers
 
@@ -99,27 +106,31 @@ class Forwarder:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
-    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def receive_body(self, receive: Receive) -> bytes:
         message = await receive()
         body: bytes = message.get("body", b"")
         if message.get("more_body", False) or len(body) > self.max_body_bytes:
             body = await self.read_body(body, receive)
-        try:
-            fields = decode_routing_fields(body)
-        except msgspec.ValidationError as exc:
-            raise BadRequest(f"Invalid request body: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        if fields.model is None:
+        return body
+
+    def decide(self, endpoint: str, body: bytes, scope: Scope) -> Decision:
+        """Route a request body: decode what routing reads, resolve its model, classify, decide."""
+        model, request = _routing_input(endpoint, body)
+        if model is None:
             raise BadRequest("You must provide a model parameter.", param="model")
-        route = self.resolver.resolve(fields.model)
+        route = self.router.resolve(model)
+        return self.router.decide(route, request, scope["headers"])
+
+    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.receive_body(receive)
+        decision = self.decide(endpoint, body, scope)
         try:
             start, end = jsonscan.value_span(body, b"model")
         except jsonscan.ScanError as exc:  # JSON msgspec took but the scanner can't walk
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
         with self.disconnects.watch(receive):
-            backend, response, payload = await self._forward(route, endpoint, body, start, end)
-            headers = relayed_headers(response.headers, self._added_headers(route, backend))
+            backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
+            headers = relayed_headers(response.headers, self._added_headers(decision, backend))
             if payload is not None:
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
@@ -127,15 +138,14 @@ class Forwarder:
                 await self._relay_stream(response, headers, send)
 
     async def _forward(
-        self, route: Route, endpoint: str, body: bytes, start: int, end: int
+        self, chain: tuple[str, ...], endpoint: str, body: bytes, start: int, end: int
     ) -> tuple[Backend, h1client.Response, bytes | None]:
-        """Try the route's backends in order; return the first usable answer.
+        """Try the chain's backends in order; return the first usable answer.
 
         For a non-streaming answer the body is read here too (``payload``), so that a failure
         while reading it still fails over; streams are returned with only their headers read.
         """
         head, tail = body[:start], body[end:]
-        chain = route.backends
         last = len(chain) - 1
         failure: ProxyError | None = None
         for attempt, name in enumerate(chain):
@@ -191,6 +201,22 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b""})
         finally:
             response.close()  # an unfinished answer (the client left) costs its connection
+
+
+def _routing_input(endpoint: str, body: bytes) -> tuple[str | None, RequestText | None]:
+    """The ``model`` of a body and, for the endpoints with text to classify, that text."""
+    try:
+        if endpoint == "/chat/completions":
+            chat = decode_chat(body)
+            return chat.model, from_chat(chat)
+        if endpoint == "/completions":
+            completion = decode_completion(body)
+            return completion.model, from_completion(completion)
+        return decode_routing_fields(body).model, None
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
 
 
 def _is_stream(response: h1client.Response) -> bool:

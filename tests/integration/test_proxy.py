@@ -43,6 +43,7 @@ def build(
     """An app on a config of the test's own: ``build(backends, tiers, server=..., routing=...)``."""
 
     def make(backends: list[dict[str, Any]], tiers: dict[str, list[str]], **sections: Any) -> ProxyClient:
+        sections.setdefault("routing", {"classifier": {"enabled": False}})  # pass-through unless asked
         return proxy_factory(load_config(config_file({"backends": backends, "tiers": tiers, **sections})))
 
     return make
@@ -98,7 +99,7 @@ def test_default_tier_setting_is_honoured(
     client = build(
         [_local(vllm), _frontier(cloud, key)],
         {"cheap": ["local-9b"], "capable": ["frontier"]},
-        routing={"default_tier": "capable"},
+        routing={"default_tier": "capable", "classifier": {"enabled": False}},
     )
     response = client.chat(model="auto")
     assert response.status_code == 200

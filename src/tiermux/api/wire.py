@@ -7,9 +7,21 @@ strict config Structs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
 
-__all__ = ["ModelCard", "ModelList", "RoutingFields", "decode_routing_fields"]
+if TYPE_CHECKING:
+    from tiermux.routing.router import Decision
+
+__all__ = [
+    "ModelCard",
+    "ModelList",
+    "RouteDecision",
+    "RoutingFields",
+    "decode_routing_fields",
+    "encode_decision",
+]
 
 
 class RoutingFields(msgspec.Struct):
@@ -32,3 +44,44 @@ class ModelCard(msgspec.Struct):
 class ModelList(msgspec.Struct):
     data: list[ModelCard]
     object: str = "list"
+
+
+class RouteDecision(msgspec.Struct):
+    """The answer of ``POST /v1/route``: where a request would go, and why."""
+
+    tier: str
+    backends: list[str]
+    backend: str
+    backend_model: str
+    pinned: bool
+    reasons: list[str]
+    category: str | None = None
+    confidence: float | None = None
+    score: int | None = None
+    signals: list[str] = []
+    rules: list[str] = []
+    probabilities: dict[str, float] = {}
+    object: str = "tiermux.route"
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_decision(decision: Decision, backend_model: str) -> bytes:
+    answer = RouteDecision(
+        tier=decision.tier,
+        backends=list(decision.backends),
+        backend=decision.backends[0],
+        backend_model=backend_model,
+        pinned=decision.pinned,
+        reasons=list(decision.reasons),
+    )
+    c = decision.classification
+    if c is not None:
+        answer.category = c.category
+        answer.confidence = round(c.confidence, 4)
+        answer.score = c.score
+        answer.signals = list(c.signals)
+        answer.rules = list(c.rules)
+        answer.probabilities = {name: round(p, 4) for name, p in c.probabilities.items()}
+    return _encode(answer)

@@ -1,10 +1,11 @@
-"""From the ``model`` a client sends to the chain of backends that will be tried, in order.
+"""From the ``model`` a client sends to what routing does with it.
 
-- ``auto`` goes to the default tier (the first tier unless ``routing.default_tier`` says otherwise);
-- a configured alias goes to its tier;
+- ``auto`` is classified and routed by the policy (or goes to the default tier with the
+  classifier off);
+- an alias is ``auto`` or a tier: classified too, never below that tier;
 - a backend's name or its model name is honoured as asked: that backend alone (pinned).
 
-Every decision is computed once, when the config is loaded; resolving is one dict lookup.
+Every route is computed once, when the config is loaded; resolving is one dict lookup.
 """
 
 from __future__ import annotations
@@ -20,17 +21,26 @@ AUTO = "auto"
 
 
 class Route:
-    """A resolved decision: which tier, which backends in failover order, and why."""
+    """What a model name means: a tier and its chain, pinned or not, classified or not."""
 
-    __slots__ = ("backends", "pinned", "tier")
+    __slots__ = ("backends", "classified", "floor", "pinned", "tier")
 
-    def __init__(self, tier: str, backends: Sequence[str], pinned: bool) -> None:
+    def __init__(
+        self,
+        tier: str,
+        backends: Sequence[str],
+        pinned: bool,
+        classified: bool = False,
+        floor: int = 0,
+    ) -> None:
         self.tier = tier
         self.backends = tuple(backends)
         self.pinned = pinned
+        self.classified = classified
+        self.floor = floor
 
     def __repr__(self) -> str:
-        kind = "pinned" if self.pinned else "tier"
+        kind = "pinned" if self.pinned else "classified" if self.classified else "tier"
         return f"<Route {kind} {self.tier} -> {list(self.backends)}>"
 
 
@@ -39,16 +49,23 @@ class Resolver:
 
     def __init__(self, config: Config) -> None:
         routes: dict[str, Route] = {}
+        tiers = list(config.tiers)
+        classified = config.routing.classifier.enabled
         # Concrete names first, so that an alias or "auto" can never shadow a real model.
         for backend in config.backends:
             tier = next((t for t, chain in config.tiers.items() if backend.name in chain), "pinned")
             pinned = Route(tier, [backend.name], pinned=True)
             routes.setdefault(backend.model, pinned)
             routes.setdefault(backend.name, pinned)
-        for alias, tier in config.routing.aliases.items():
-            routes.setdefault(alias, Route(tier, config.tiers[tier], pinned=False))
         default = config.default_tier
-        routes.setdefault(AUTO, Route(default, config.tiers[default], pinned=False))
+        auto = Route(default, config.tiers[default], pinned=False, classified=classified)
+        for alias, tier in config.routing.aliases.items():
+            if tier == AUTO:
+                routes.setdefault(alias, auto)
+            else:
+                floor = tiers.index(tier)
+                routes.setdefault(alias, Route(tier, config.tiers[tier], False, classified, floor))
+        routes.setdefault(AUTO, auto)
         self._routes: Mapping[str, Route] = routes
 
     def __repr__(self) -> str:

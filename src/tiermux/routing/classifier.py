@@ -1,0 +1,217 @@
+"""The request classifier: category, confidence, complexity score and the signals that fired.
+
+Two parts, as a reviewer would want them:
+
+- **signals**: structural facts read off the request (tools, JSON mode, code fences, code or
+  maths density, length, turns, ``max_tokens``...). Each becomes one more feature of the learned
+  model, so their weight is learned from data rather than guessed; two are unambiguous enough to be
+  hand-written rules on top (a fenced block of code is code; see ``_apply_rules``).
+- **the learned model**: a linear model over hashed word and character n-grams of the instruction
+  windows of the text (``tiermux._speedups.classify``), trained by ``tiermux train``; a softmax
+  over its logits gives the probabilities.
+
+The complexity score (0-100) is a transparent sum of capped parts (length, turns, code, maths,
+requested output, tools, and how likely the request is one of the hard categories), so that a
+policy threshold on it means something a person can reason about.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from tiermux._speedups import classify
+from tiermux.routing.categories import CAPABLE_BY_DEFAULT
+from tiermux.routing.request import RequestText
+from tiermux.routing.weights import Weights
+
+__all__ = ["SIGNALS", "Classification", "Classifier", "complexity", "signals_of"]
+
+# Every signal ``signals_of`` can name (policy config refers to them).
+SIGNALS: tuple[str, ...] = (
+    "tools",
+    "json_mode",
+    "image",
+    "system",
+    "multi_turn",
+    "code_fence",
+    "code_dense",
+    "math_dense",
+    "short",
+    "long",
+    "very_long",
+    "question",
+    "questions",
+    "multi_line",
+    "max_tokens_small",
+    "max_tokens_large",
+    "temperature_high",
+)
+
+# Rules: a closed fence around text that looks like code decides "code".
+CODE_RULE_CONFIDENCE = 0.9
+
+
+class Classification:
+    """What the classifier says about one request."""
+
+    __slots__ = ("category", "confidence", "probabilities", "rules", "score", "signals")
+
+    def __init__(
+        self,
+        category: str,
+        confidence: float,
+        score: int,
+        signals: tuple[str, ...],
+        probabilities: dict[str, float],
+        rules: tuple[str, ...] = (),
+    ) -> None:
+        self.category = category
+        self.confidence = confidence
+        self.score = score
+        self.signals = signals
+        self.probabilities = probabilities
+        self.rules = rules
+
+    def __repr__(self) -> str:
+        return (
+            f"<Classification {self.category} confidence={self.confidence:.2f} score={self.score} "
+            f"signals={list(self.signals)}>"
+        )
+
+
+def signals_of(request: RequestText, stats: classify.TextStats) -> list[str]:
+    """The structural signals of a request, by name (each also a model feature)."""
+    names: list[str] = []
+    if request.tools:
+        names.append("tools")
+    if request.json_mode:
+        names.append("json_mode")
+    if request.image:
+        names.append("image")
+    if request.system:
+        names.append("system")
+    if request.turns > 1:
+        names.append("multi_turn")
+    if stats.fences >= 2:
+        names.append("code_fence")
+    if stats.code_punct >= 8 and stats.code_punct * 40 >= stats.chars:
+        names.append("code_dense")
+    maths = stats.math_ops + stats.digits
+    if stats.math_ops and maths >= 4 and maths * 25 >= stats.chars:
+        names.append("math_dense")
+    if stats.chars < 80:
+        names.append("short")
+    elif stats.chars >= 6000:
+        names.append("very_long")
+    elif stats.chars >= 1500:
+        names.append("long")
+    if stats.questions >= 3:
+        names.append("questions")
+    elif stats.questions:
+        names.append("question")
+    if stats.lines >= 10:
+        names.append("multi_line")
+    max_tokens = request.max_tokens
+    if max_tokens is not None:
+        if max_tokens <= 64:
+            names.append("max_tokens_small")
+        elif max_tokens >= 2000:
+            names.append("max_tokens_large")
+    temperature = request.temperature
+    if temperature is not None and temperature >= 0.9:
+        names.append("temperature_high")
+    return names
+
+
+class Classifier:
+    """Classifies :class:`RequestText` with trained :class:`Weights`."""
+
+    def __init__(self, weights: Weights) -> None:
+        self.weights = weights
+        self.classes = tuple(weights.classes)
+        self._model = weights.model
+        self._mask = weights.model.n_buckets - 1
+        self._bias = weights.bias
+        self._scale = weights.scale
+        self._signal_buckets: dict[str, int] = {}
+        hard = [i for i, name in enumerate(self.classes) if name in CAPABLE_BY_DEFAULT]
+        self._hard = hard
+        self._code = self.classes.index("code") if "code" in self.classes else -1
+
+    def __repr__(self) -> str:
+        return f"<Classifier classes={len(self.classes)} buckets={self._model.n_buckets}>"
+
+    def signal_buckets(self, names: Sequence[str]) -> list[int]:
+        cache = self._signal_buckets
+        out = []
+        for name in names:
+            bucket = cache.get(name)
+            if bucket is None:
+                bucket = cache[name] = classify.signal_hash(name)
+            out.append(bucket)
+        return out
+
+    def logits(self, request: RequestText, names: Sequence[str]) -> list[float]:
+        sums, count = self._model.score(
+            request.system, request.previous, request.last, self.signal_buckets(names)
+        )
+        factor = self._scale / math.sqrt(count) if count else 0.0
+        return [b + s * factor for b, s in zip(self._bias, sums, strict=True)]
+
+    def classify(self, request: RequestText) -> Classification:
+        stats = classify.text_stats(request.last)
+        names = signals_of(request, stats)
+        logits = self.logits(request, names)
+        top = max(logits)
+        exps = [math.exp(x - top) for x in logits]
+        total = sum(exps)
+        probs = [e / total for e in exps]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        category = self.classes[best]
+        confidence = probs[best]
+        rules: tuple[str, ...] = ()
+        if self._code >= 0 and _looks_like_fenced_code(names, stats) and category != "code":
+            category, confidence, rules = (
+                "code",
+                max(probs[self._code], CODE_RULE_CONFIDENCE),
+                ("code_fence",),
+            )
+        hard = sum(probs[i] for i in self._hard)
+        score = complexity(request, stats, names, hard)
+        return Classification(
+            category,
+            confidence,
+            score,
+            tuple(names),
+            dict(zip(self.classes, probs, strict=True)),
+            rules,
+        )
+
+
+def _looks_like_fenced_code(names: Sequence[str], stats: classify.TextStats) -> bool:
+    """A closed ``` fence plus code punctuation: someone pasted code and asks about it."""
+    return "code_fence" in names and stats.code_punct >= 4
+
+
+def complexity(
+    request: RequestText, stats: classify.TextStats, names: Sequence[str], hard_probability: float
+) -> int:
+    """0-100: a sum of capped, explainable parts."""
+    score = 0.0
+    # Length of the whole conversation: 0 up to 300 characters, 20 from ~20,000 (log scale).
+    chars = max(request.total_chars, 1)
+    score += min(20.0, max(0.0, 20.0 * math.log10(chars / 300) / math.log10(20000 / 300)))
+    score += min(10.0, 2.5 * (request.turns - 1))
+    score += 35.0 * hard_probability
+    if "code_fence" in names or "code_dense" in names:
+        score += 10.0
+    if "math_dense" in names:
+        score += 8.0
+    if "questions" in names:
+        score += 4.0
+    if "tools" in names:
+        score += 8.0
+    if "max_tokens_large" in names:
+        score += 5.0
+    return int(min(100.0, score) + 0.5)

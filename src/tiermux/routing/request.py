@@ -1,0 +1,174 @@
+"""What the classifier reads of a request: its texts and a few structural facts.
+
+Decoded from the body with msgspec Structs that name only these fields (everything else is skipped
+without being built), and shared by the proxy, ``tiermux explain``, ``train`` and ``eval`` so that
+a request is seen the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "ChatFields",
+    "CompletionFields",
+    "RequestText",
+    "chat_from_object",
+    "decode_chat",
+    "decode_completion",
+    "from_chat",
+    "from_completion",
+    "from_prompt",
+]
+
+
+class ContentPart(msgspec.Struct):
+    type: str = "text"
+    text: str | None = None
+
+
+class Message(msgspec.Struct):
+    role: str = "user"
+    content: str | list[ContentPart] | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    type: str = "text"
+
+
+class ChatFields(msgspec.Struct):
+    """The fields of a chat completion that routing reads."""
+
+    model: str | None = None
+    stream: bool | None = None
+    messages: list[Message] = []
+    tools: list[msgspec.Raw] | None = None
+    functions: list[msgspec.Raw] | None = None
+    response_format: ResponseFormat | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+
+
+class CompletionFields(msgspec.Struct):
+    """The fields of a legacy completion that routing reads."""
+
+    model: str | None = None
+    stream: bool | None = None
+    # A string, or a list of strings or of token ids (only strings are read).
+    prompt: str | list[str | int | list[int]] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class RequestText:
+    """A request as the classifier sees it."""
+
+    __slots__ = (
+        "image",
+        "json_mode",
+        "last",
+        "max_tokens",
+        "previous",
+        "system",
+        "temperature",
+        "tools",
+        "total_chars",
+        "turns",
+    )
+
+    def __init__(
+        self,
+        last: str,
+        system: str = "",
+        previous: str = "",
+        *,
+        turns: int = 1,
+        total_chars: int | None = None,
+        tools: bool = False,
+        json_mode: bool = False,
+        image: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        self.last = last
+        self.system = system
+        self.previous = previous
+        self.turns = turns
+        self.total_chars = len(last) + len(system) + len(previous) if total_chars is None else total_chars
+        self.tools = tools
+        self.json_mode = json_mode
+        self.image = image
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+
+    def __repr__(self) -> str:
+        return f"<RequestText turns={self.turns} chars={self.total_chars} last={self.last[:40]!r}>"
+
+
+def _text_of(content: str | list[ContentPart] | None) -> tuple[str, bool]:
+    """The text of a message's content, and whether it carried an image."""
+    if content is None:
+        return "", False
+    if isinstance(content, str):
+        return content, False
+    texts = [part.text for part in content if part.text]
+    image = any(part.type in ("image_url", "input_image", "image") for part in content)
+    return "\n".join(texts), image
+
+
+def from_chat(fields: ChatFields) -> RequestText:
+    """The last user turn sets the task; system prompts and the turn before give context."""
+    system_parts: list[str] = []
+    user_texts: list[str] = []
+    total = 0
+    image = False
+    tool_turns = False
+    for message in fields.messages:
+        text, has_image = _text_of(message.content)
+        total += len(text)
+        image = image or has_image
+        role = message.role
+        if role == "user":
+            user_texts.append(text)
+        elif role in ("system", "developer"):
+            system_parts.append(text)
+        elif role in ("tool", "function"):
+            tool_turns = True
+    last = user_texts[-1] if user_texts else ""
+    previous = user_texts[-2] if len(user_texts) > 1 else ""
+    response_format = fields.response_format
+    return RequestText(
+        last,
+        "\n".join(system_parts),
+        previous,
+        turns=max(len(user_texts), 1),
+        total_chars=total,
+        tools=bool(fields.tools) or bool(fields.functions) or tool_turns,
+        json_mode=response_format is not None and response_format.type in ("json_object", "json_schema"),
+        image=image,
+        max_tokens=fields.max_completion_tokens or fields.max_tokens,
+        temperature=fields.temperature,
+    )
+
+
+def from_completion(fields: CompletionFields) -> RequestText:
+    prompt = fields.prompt
+    text = "\n".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt or ""
+    return RequestText(text, max_tokens=fields.max_tokens, temperature=fields.temperature)
+
+
+def from_prompt(prompt: str) -> RequestText:
+    return RequestText(prompt)
+
+
+decode_chat = msgspec.json.Decoder(ChatFields).decode
+decode_completion = msgspec.json.Decoder(CompletionFields).decode
+
+
+def chat_from_object(body: dict[str, Any]) -> RequestText:
+    """A request body already parsed as JSON (data files, ``explain``)."""
+    # Through bytes, as the proxy sees it (msgspec.convert can't build the Raw fields).
+    return from_chat(decode_chat(msgspec.json.encode(body)))

@@ -1,0 +1,126 @@
+"""Routing as the proxy uses it: model name + request text (+ headers) -> a :class:`Decision`.
+
+Puts together the resolver (what the ``model`` names), the classifier (what the request asks
+for) and the policy (which tier that needs), plus the per-request overrides a config may allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tiermux.api.errors import BadRequest
+from tiermux.config import Config
+from tiermux.routing.categories import CATEGORIES
+from tiermux.routing.classifier import Classification, Classifier
+from tiermux.routing.policy import Policy
+from tiermux.routing.request import RequestText
+from tiermux.routing.resolver import Resolver, Route
+from tiermux.routing.weights import load_weights
+
+__all__ = ["Decision", "Router"]
+
+TIER_HEADER = b"x-tiermux-tier"
+CATEGORY_HEADER = b"x-tiermux-category"
+
+
+class Decision:
+    """Where one request goes, and why."""
+
+    __slots__ = ("backends", "classification", "pinned", "reasons", "tier")
+
+    def __init__(
+        self,
+        tier: str,
+        backends: tuple[str, ...],
+        classification: Classification | None,
+        reasons: tuple[str, ...],
+        pinned: bool = False,
+    ) -> None:
+        self.tier = tier
+        self.backends = backends
+        self.classification = classification
+        self.reasons = reasons
+        self.pinned = pinned
+
+    def __repr__(self) -> str:
+        category = self.classification.category if self.classification else None
+        return (
+            f"<Decision {self.tier} {list(self.backends)} category={category} reasons={list(self.reasons)}>"
+        )
+
+
+class Router:
+    def __init__(self, config: Config, classifier: Classifier | None = None) -> None:
+        self.config = config
+        self.resolver = Resolver(config)
+        self.policy = Policy(config)
+        settings = config.routing.classifier
+        if classifier is None and settings.enabled:
+            classifier = Classifier(load_weights(settings.weights))
+        self.classifier = classifier if settings.enabled else None
+        self.allow_overrides = config.routing.allow_header_override
+
+    def __repr__(self) -> str:
+        return f"<Router {self.policy!r} classifier={self.classifier!r}>"
+
+    def resolve(self, model: str) -> Route:
+        return self.resolver.resolve(model)
+
+    def decide(
+        self,
+        route: Route,
+        request: RequestText | None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> Decision:
+        """The decision for a resolved ``route``; ``request`` is None for requests without text
+        to classify (embeddings), which go where the route says."""
+        classification = None
+        if request is not None and self.classifier is not None:
+            classification = self.classifier.classify(request)
+        tier_override = None
+        if self.allow_overrides:
+            tier_override, category_override = _overrides(headers)
+            if category_override is not None and classification is not None:
+                classification = _with_category(classification, category_override)
+        if route.pinned:
+            return Decision(route.tier, route.backends, classification, ("pinned",), pinned=True)
+        if route.classified and classification is not None:
+            tier, reasons = self.policy.decide(classification, route.floor)
+        else:
+            tier, reasons = route.tier, ("default_tier",)
+        if tier_override is not None:
+            if tier_override not in self.config.tiers:
+                raise BadRequest(
+                    f"unknown tier {tier_override!r} in X-Tiermux-Tier; "
+                    f"expected one of {', '.join(self.config.tiers)}",
+                    param="x-tiermux-tier",
+                )
+            tier, reasons = tier_override, (*reasons, "header_tier")
+        return Decision(tier, tuple(self.config.tiers[tier]), classification, reasons)
+
+
+def _overrides(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    tier = category = None
+    for name, value in headers:
+        if name == TIER_HEADER:
+            tier = value.decode("latin-1").strip()
+        elif name == CATEGORY_HEADER:
+            category = value.decode("latin-1").strip()
+            if category not in CATEGORIES:
+                raise BadRequest(
+                    f"unknown category {category!r} in X-Tiermux-Category; "
+                    f"expected one of {', '.join(CATEGORIES)}",
+                    param="x-tiermux-category",
+                )
+    return tier, category
+
+
+def _with_category(classification: Classification, category: str) -> Classification:
+    return Classification(
+        category,
+        1.0,
+        classification.score,
+        classification.signals,
+        classification.probabilities,
+        (*classification.rules, "header_category"),
+    )
