@@ -263,9 +263,12 @@ cdef class Model:
     cdef list _sink
     cdef int64_t _acc[C_MAX_CLASSES]
     cdef Py_ssize_t _count
+    cdef double _bias[C_MAX_CLASSES]
+    cdef double _scale
 
-    def __init__(self, bytes table not None, int n_classes):
+    def __init__(self, bytes table not None, int n_classes, bias=None, double scale=1.0):
         cdef Py_ssize_t n_buckets
+        cdef int c
         if not 1 <= n_classes <= C_MAX_CLASSES:
             raise ValueError(f"n_classes must be within 1..{C_MAX_CLASSES}")
         if len(table) % n_classes:
@@ -273,6 +276,11 @@ cdef class Model:
         n_buckets = len(table) // n_classes
         if n_buckets < 2 or n_buckets & (n_buckets - 1):
             raise ValueError("the number of buckets must be a power of two")
+        if bias is not None and len(bias) != n_classes:
+            raise ValueError("one bias per class is needed")
+        for c in range(C_MAX_CLASSES):
+            self._bias[c] = float(bias[c]) if bias is not None and c < n_classes else 0.0
+        self._scale = scale
         self._table = table
         self._rows = <const int8_t*><const char*>table
         self.n_classes = n_classes
@@ -305,6 +313,32 @@ cdef class Model:
             bucket = <uint32_t>(<long long>item) & self._mask
             self._add_row(bucket)
         return [self._acc[c] for c in range(self.n_classes)], self._count
+
+    def predict(self, str system not None, str previous not None, str last not None, extra):
+        """Class probabilities: softmax of ``bias + scale * sums / sqrt(count)``."""
+        cdef int c, nc = self.n_classes
+        cdef double probs[C_MAX_CLASSES]
+        cdef double factor, top, total
+        cdef uint32_t bucket
+        for c in range(nc):
+            self._acc[c] = 0
+        self._count = 0
+        self._walk(system, previous, last)
+        for item in extra:
+            bucket = <uint32_t>(<long long>item) & self._mask
+            self._add_row(bucket)
+        factor = self._scale / sqrt(<double>self._count) if self._count else 0.0
+        for c in range(nc):
+            probs[c] = self._bias[c] + <double>self._acc[c] * factor
+        top = probs[0]
+        for c in range(nc):
+            if probs[c] > top:
+                top = probs[c]
+        total = 0.0
+        for c in range(nc):
+            probs[c] = exp(probs[c] - top)
+            total += probs[c]
+        return [probs[c] / total for c in range(nc)]
 
     cdef inline void _add_row(self, uint32_t bucket) noexcept:
         cdef const int8_t* row = self._rows + <Py_ssize_t>bucket * self.n_classes

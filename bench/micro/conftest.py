@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -90,6 +91,14 @@ def body() -> bytes:
     data = chat_body()
     assert 1_800 <= len(data) <= 2_300, len(data)
     return data
+
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "src" / "tiermux" / "examples" / "demo.yaml"
+
+
+def twin(name: str, kind: str) -> ModuleType:
+    """``tiermux._ext.NAME`` (skipping when not built) or ``tiermux._pure.NAME``."""
+    return _compiled(name) if kind == "compiled" else _pure(name)
 
 
 def _compiled(name: str) -> ModuleType:

@@ -177,7 +177,9 @@ def text_stats(text: str) -> TextStats:
 class Model:
     """An int8 weight table of ``n_buckets`` rows by ``n_classes`` columns (row-major)."""
 
-    def __init__(self, table: bytes, n_classes: int) -> None:
+    def __init__(
+        self, table: bytes, n_classes: int, bias: Sequence[float] | None = None, scale: float = 1.0
+    ) -> None:
         if not 1 <= n_classes <= MAX_CLASSES:
             raise ValueError(f"n_classes must be within 1..{MAX_CLASSES}")
         if len(table) % n_classes:
@@ -185,10 +187,14 @@ class Model:
         n_buckets = len(table) // n_classes
         if n_buckets < 2 or n_buckets & (n_buckets - 1):
             raise ValueError("the number of buckets must be a power of two")
+        if bias is not None and len(bias) != n_classes:
+            raise ValueError("one bias per class is needed")
         self.n_classes = n_classes
         self.n_buckets = n_buckets
         self._mask = n_buckets - 1
         self._table = memoryview(table).cast("b")
+        self._bias = [float(b) for b in bias] if bias is not None else [0.0] * n_classes
+        self._scale = float(scale)
 
     def __repr__(self) -> str:
         return f"<Model buckets={self.n_buckets} classes={self.n_classes}>"
@@ -219,6 +225,25 @@ class Model:
                 acc[c] += table[base + c]
             n += 1
         return acc, n
+
+    def predict(self, system: str, previous: str, last: str, extra: Sequence[int]) -> list[float]:
+        """Class probabilities: softmax of ``bias + scale * sums / sqrt(count)``."""
+        sums, count = self.score(system, previous, last, extra)
+        return _softmax(self, sums, count)
+
+
+def _softmax(self: Model, sums: list[int], count: int) -> list[float]:
+    factor = self._scale / math.sqrt(count) if count else 0.0
+    logits = [self._bias[c] + sums[c] * factor for c in range(self.n_classes)]
+    top = logits[0]
+    for x in logits:
+        if x > top:
+            top = x
+    total = 0.0
+    for c in range(self.n_classes):
+        logits[c] = math.exp(logits[c] - top)
+        total += logits[c]
+    return [e / total for e in logits]
 
 
 def train_epoch(
@@ -304,7 +329,15 @@ def _hashes(system: str, previous: str, last: str) -> list[int]:
         body_end = min(tail_start, head_end + BODY_HEAD)
         _words(out, last, head_end, body_end, SEED_BODY_WORD, SEED_BODY_BIGRAM, 0)
         if tail_start > body_end:
-            _words(out, last, max(body_end, tail_start - BODY_TAIL), tail_start, SEED_BODY_WORD, SEED_BODY_BIGRAM, 0)
+            _words(
+                out,
+                last,
+                max(body_end, tail_start - BODY_TAIL),
+                tail_start,
+                SEED_BODY_WORD,
+                SEED_BODY_BIGRAM,
+                0,
+            )
     _leads(out, last, 0, SEED_LEAD)
     line = _last_line_start(last)
     if line > 0:
@@ -316,7 +349,9 @@ def _hashes(system: str, previous: str, last: str) -> list[int]:
     return out
 
 
-def _words(out: list[int], text: str, start: int, end: int, word_seed: int, bigram_seed: int, gram_seed: int) -> None:
+def _words(
+    out: list[int], text: str, start: int, end: int, word_seed: int, bigram_seed: int, gram_seed: int
+) -> None:
     """Word, bigram and character-trigram features of the words of ``text[start:end]``; a seed of
     0 turns its kind off."""
     prev = -1

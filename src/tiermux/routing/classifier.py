@@ -21,9 +21,9 @@ import math
 from collections.abc import Sequence
 
 from tiermux._speedups import classify
-from tiermux.routing.categories import CAPABLE_BY_DEFAULT
+from tiermux.routing.categories import CAPABLE_BY_DEFAULT, CATEGORIES
 from tiermux.routing.request import RequestText
-from tiermux.routing.weights import Weights
+from tiermux.routing.weights import Weights, WeightsError
 
 __all__ = ["SIGNALS", "Classification", "Classifier", "complexity", "signals_of"]
 
@@ -55,7 +55,7 @@ CODE_RULE_CONFIDENCE = 0.9
 class Classification:
     """What the classifier says about one request."""
 
-    __slots__ = ("category", "confidence", "probabilities", "rules", "score", "signals")
+    __slots__ = ("_classes", "_probs", "category", "confidence", "rules", "score", "signals")
 
     def __init__(
         self,
@@ -63,20 +63,38 @@ class Classification:
         confidence: float,
         score: int,
         signals: tuple[str, ...],
-        probabilities: dict[str, float],
+        classes: tuple[str, ...] = (),
+        probs: Sequence[float] = (),
         rules: tuple[str, ...] = (),
     ) -> None:
         self.category = category
         self.confidence = confidence
         self.score = score
         self.signals = signals
-        self.probabilities = probabilities
         self.rules = rules
+        self._classes = classes
+        self._probs = probs
 
     def __repr__(self) -> str:
         return (
             f"<Classification {self.category} confidence={self.confidence:.2f} score={self.score} "
             f"signals={list(self.signals)}>"
+        )
+
+    @property
+    def probs_by_category(self) -> Sequence[float]:
+        """Probabilities in ``CATEGORIES`` order."""
+        return self._probs
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Every category's probability (built on demand: the hot path never needs it)."""
+        return dict(zip(self._classes, self._probs, strict=True))
+
+    def with_category(self, category: str, rule: str) -> Classification:
+        """The same, with the category decided by ``rule`` instead (confidence 1)."""
+        return Classification(
+            category, 1.0, self.score, self.signals, self._classes, self._probs, (*self.rules, rule)
         )
 
 
@@ -130,10 +148,9 @@ class Classifier:
     def __init__(self, weights: Weights) -> None:
         self.weights = weights
         self.classes = tuple(weights.classes)
+        if self.classes != CATEGORIES:
+            raise WeightsError(f"the weights' classes {list(self.classes)} are not tiermux's categories")
         self._model = weights.model
-        self._mask = weights.model.n_buckets - 1
-        self._bias = weights.bias
-        self._scale = weights.scale
         self._signal_buckets: dict[str, int] = {}
         hard = [i for i, name in enumerate(self.classes) if name in CAPABLE_BY_DEFAULT]
         self._hard = hard
@@ -152,41 +169,30 @@ class Classifier:
             out.append(bucket)
         return out
 
-    def logits(self, request: RequestText, names: Sequence[str]) -> list[float]:
-        sums, count = self._model.score(
-            request.system, request.previous, request.last, self.signal_buckets(names)
-        )
-        factor = self._scale / math.sqrt(count) if count else 0.0
-        return [b + s * factor for b, s in zip(self._bias, sums, strict=True)]
-
     def classify(self, request: RequestText) -> Classification:
         stats = classify.text_stats(request.last)
         names = signals_of(request, stats)
-        logits = self.logits(request, names)
-        top = max(logits)
-        exps = [math.exp(x - top) for x in logits]
-        total = sum(exps)
-        probs = [e / total for e in exps]
-        best = max(range(len(probs)), key=probs.__getitem__)
+        probs = self._model.predict(
+            request.system, request.previous, request.last, self.signal_buckets(names)
+        )
+        best = 0
+        for i, p in enumerate(probs):
+            if p > probs[best]:
+                best = i
         category = self.classes[best]
         confidence = probs[best]
         rules: tuple[str, ...] = ()
-        if self._code >= 0 and _looks_like_fenced_code(names, stats) and category != "code":
+        if category != "code" and self._code >= 0 and _looks_like_fenced_code(names, stats):
             category, confidence, rules = (
                 "code",
                 max(probs[self._code], CODE_RULE_CONFIDENCE),
                 ("code_fence",),
             )
-        hard = sum(probs[i] for i in self._hard)
+        hard = 0.0
+        for i in self._hard:
+            hard += probs[i]
         score = complexity(request, stats, names, hard)
-        return Classification(
-            category,
-            confidence,
-            score,
-            tuple(names),
-            dict(zip(self.classes, probs, strict=True)),
-            rules,
-        )
+        return Classification(category, confidence, score, tuple(names), self.classes, probs, rules)
 
 
 def _looks_like_fenced_code(names: Sequence[str], stats: classify.TextStats) -> bool:

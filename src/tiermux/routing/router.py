@@ -81,7 +81,7 @@ class Router:
         if self.allow_overrides:
             tier_override, category_override = _overrides(headers)
             if category_override is not None and classification is not None:
-                classification = _with_category(classification, category_override)
+                classification = classification.with_category(category_override, "header_category")
         if route.pinned:
             return Decision(route.tier, route.backends, classification, ("pinned",), pinned=True)
         if route.classified and classification is not None:
@@ -113,14 +113,3 @@ def _overrides(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str 
                     param="x-tiermux-category",
                 )
     return tier, category
-
-
-def _with_category(classification: Classification, category: str) -> Classification:
-    return Classification(
-        category,
-        1.0,
-        classification.score,
-        classification.signals,
-        classification.probabilities,
-        (*classification.rules, "header_category"),
-    )

@@ -57,7 +57,7 @@ class Weights:
         self.meta = meta or {}
         self.features_version = features_version
         try:
-            self.model = classify.Model(table, len(classes))
+            self.model = classify.Model(table, len(classes), self.bias, self.scale)
         except ValueError as exc:
             raise WeightsError(str(exc)) from None
 
