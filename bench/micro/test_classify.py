@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from bench.micro.conftest import DEMO_CONFIG, twin
 
 from tiermux.config import load_config
 from tiermux.routing.categories import CATEGORIES
@@ -24,8 +25,6 @@ from tiermux.routing.classifier import Classifier
 from tiermux.routing.request import decode_chat, from_chat
 from tiermux.routing.router import Router
 from tiermux.routing.weights import BUNDLED, Weights
-
-from bench.micro.conftest import DEMO_CONFIG, twin
 
 
 def _percentiles(call: Callable[[], Any], n: int = 20_000) -> tuple[float, float]:

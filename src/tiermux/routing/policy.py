@@ -71,10 +71,9 @@ class Policy:
         category = classification.category
         i = self.index[self.category_tier[category]]
         reasons = [f"category={category}"]
-        if i < self.uncertain and not classification.rules:
-            if self.tier_confidence(classification, i) < self.min_confidence:
-                i = self.uncertain
-                reasons.append("low_confidence")
+        if i < self.uncertain and self.tier_confidence(classification, i) < self.min_confidence:
+            i = self.uncertain
+            reasons.append("low_confidence")
         if (
             self.lift_score is not None
             and classification.score >= self.lift_score
