@@ -139,7 +139,7 @@ class RoutingConfig(_Strict, frozen=True):
     categories: dict[str, str] = {}
     """Category to tier. Unset categories: extraction, classification, summarisation, rewriting
     and open_qa go to the first tier; the other four to the second (the first if there is one)."""
-    min_confidence: Probability = 0.45
+    min_confidence: Probability = 0.62
     """A request classified with less confidence goes to ``uncertain_tier`` (if that is dearer)."""
     uncertain_tier: str | None = None
     """Where uncertain requests go; unset: the tier of ``reasoning``."""

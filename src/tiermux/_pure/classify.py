@@ -49,7 +49,7 @@ BODY_HEAD = 400  # what is read of the content between the two instruction windo
 BODY_TAIL = 200  # ...and its end
 SYSTEM_HEAD = 300
 PREVIOUS_HEAD = 200
-LEAD_WORDS = 2
+LEAD_WORDS = 4
 MAX_GRAMS_PER_WORD = 16  # bounds a long unspaced run (Chinese, Japanese, a URL)
 MAX_CLASSES = 32
 
