@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SYSTEM_DEPS := nginx wrk redis-server
 PYTEST_FLAGS ?= -q
 
-.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-locust bench-micro clean
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-locust bench-micro bench-classifier model clean
 
 all: install
 
@@ -45,13 +45,21 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 # Benchmarks live outside the test run. Results land in bench/results/.
-bench: bench-micro bench-throughput bench-locust
+bench: bench-micro bench-classifier bench-throughput bench-locust
 
 bench-throughput: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput
 
 bench-locust: $(INSTALLED)
 	$(PY) -m bench.locust_run
+
+# Routing quality on held-out and left-out sets (bench/results/classifier.md).
+bench-classifier: $(INSTALLED)
+	$(PY) -m bench.classifier
+
+# Retrain the bundled classifier from bench/data (deterministic), then measure it.
+model: $(INSTALLED)
+	$(PY) -m bench.classifier --build
 
 bench-micro: $(INSTALLED)
 	$(PY) -m pytest bench/micro -q -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,max,rounds

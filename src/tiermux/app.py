@@ -112,7 +112,8 @@ class TiermuxApp:
         endpoint = "/completions" if _is_completion(body) else "/chat/completions"
         decision = self.forwarder.decide(endpoint, body, scope)
         first = self.backends[decision.backends[0]]
-        await _send_json(send, 200, encode_decision(decision, first.config.model))
+        confidence = self.router.tier_confidence(decision)
+        await _send_json(send, 200, encode_decision(decision, first.config.model, confidence))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, b'{"status":"ok"}')

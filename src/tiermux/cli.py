@@ -99,7 +99,7 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     backend = next(b for b in config.backends if b.name == decision.backends[0])
     if args.json:
-        print(encode_decision(decision, backend.model).decode())
+        print(encode_decision(decision, backend.model, router.tier_confidence(decision)).decode())
         return 0
     c = decision.classification
     if c is None:
@@ -108,6 +108,9 @@ def _explain(args: argparse.Namespace) -> int:
         top = sorted(c.probabilities.items(), key=lambda kv: -kv[1])[:3]
         print(f"category:    {c.category}")
         print(f"confidence:  {c.confidence:.2f}   ({', '.join(f'{k} {v:.2f}' for k, v in top)})")
+        tier_confidence = router.tier_confidence(decision)
+        if tier_confidence is not None:
+            print(f"             {tier_confidence:.2f} that it belongs on {decision.tier} or a cheaper tier")
         print(f"score:       {c.score} / 100")
         print(f"signals:     {', '.join(c.signals) or '-'}")
         if c.rules:

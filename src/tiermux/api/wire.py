@@ -57,6 +57,7 @@ class RouteDecision(msgspec.Struct):
     reasons: list[str]
     category: str | None = None
     confidence: float | None = None
+    tier_confidence: float | None = None
     score: int | None = None
     signals: list[str] = []
     rules: list[str] = []
@@ -67,7 +68,7 @@ class RouteDecision(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def encode_decision(decision: Decision, backend_model: str) -> bytes:
+def encode_decision(decision: Decision, backend_model: str, tier_confidence: float | None = None) -> bytes:
     answer = RouteDecision(
         tier=decision.tier,
         backends=list(decision.backends),
@@ -80,6 +81,7 @@ def encode_decision(decision: Decision, backend_model: str) -> bytes:
     if c is not None:
         answer.category = c.category
         answer.confidence = round(c.confidence, 4)
+        answer.tier_confidence = None if tier_confidence is None else round(tier_confidence, 4)
         answer.score = c.score
         answer.signals = list(c.signals)
         answer.rules = list(c.rules)

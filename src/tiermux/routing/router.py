@@ -66,6 +66,13 @@ class Router:
     def resolve(self, model: str) -> Route:
         return self.resolver.resolve(model)
 
+    def tier_confidence(self, decision: Decision) -> float | None:
+        """How sure the classifier is that the request belongs on the decided tier or a cheaper
+        one (for explanations; the policy computes its own)."""
+        if decision.classification is None or decision.tier not in self.policy.index:
+            return None
+        return self.policy.tier_confidence(decision.classification, self.policy.index[decision.tier])
+
     def decide(
         self,
         route: Route,
