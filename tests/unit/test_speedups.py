@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+import tiermux._pure.classify as pure_classify
 import tiermux._pure.h1client as pure_h1client
 import tiermux._pure.jsonscan as pure_jsonscan
 from tiermux import _speedups
+from tiermux.routing.weights import load_weights
 from tiermux.upstream import pool
 from tiermux.upstream.errors import UpstreamError
 
@@ -24,6 +26,7 @@ def _compiled_available() -> bool:
     try:
         importlib.import_module("tiermux._ext.jsonscan")
         importlib.import_module("tiermux._ext.h1client")
+        importlib.import_module("tiermux._ext.classify")
     except ImportError:
         return False
     return True
@@ -33,7 +36,11 @@ def _compiled_available() -> bool:
 def test_compiled_extensions_are_loaded() -> None:
     assert not NO_EXTENSIONS, "TIERMUX_EXPECT_COMPILED=1 contradicts TIERMUX_NO_EXTENSIONS=1"
     assert _speedups.COMPILED is True
-    for module, name in ((_speedups.jsonscan, "jsonscan"), (_speedups.h1client, "h1client")):
+    for module, name in (
+        (_speedups.jsonscan, "jsonscan"),
+        (_speedups.h1client, "h1client"),
+        (_speedups.classify, "classify"),
+    ):
         assert module.__name__ == f"tiermux._ext.{name}"
         assert module.__file__ is not None
         assert module.__file__.endswith(".so"), module.__file__
@@ -41,6 +48,7 @@ def test_compiled_extensions_are_loaded() -> None:
     assert pool.h1client is _speedups.h1client
     assert pool.h1client.Connection.__module__ == "tiermux._ext.h1client"
     assert pool.h1client.Response.__module__ == "tiermux._ext.h1client"
+    assert type(load_weights().model).__module__ == "tiermux._ext.classify"  # the router's model
 
 
 @pytest.mark.skipif(not NO_EXTENSIONS, reason="only when the pure twins are forced")
@@ -49,13 +57,16 @@ def test_pure_twins_are_loaded() -> None:
     assert _speedups.COMPILED is False
     assert _speedups.jsonscan is pure_jsonscan
     assert _speedups.h1client is pure_h1client
+    assert _speedups.classify is pure_classify
     assert pool.h1client is pure_h1client
+    assert type(load_weights().model) is pure_classify.Model
 
 
 def test_compiled_flag_matches_the_modules() -> None:
     prefix = "tiermux._ext." if _speedups.COMPILED else "tiermux._pure."
     assert _speedups.jsonscan.__name__.startswith(prefix)
     assert _speedups.h1client.__name__.startswith(prefix)
+    assert _speedups.classify.__name__.startswith(prefix)
 
 
 def test_twins_share_names_and_exceptions() -> None:
@@ -66,6 +77,11 @@ def test_twins_share_names_and_exceptions() -> None:
 
     assert set(c_jsonscan.__all__) == set(pure_jsonscan.__all__)
     assert set(c_h1client.__all__) == set(pure_h1client.__all__)
+    from tiermux._ext import classify as c_classify
+
+    assert set(c_classify.__all__) == set(pure_classify.__all__)
+    assert c_classify.TextStats is pure_classify.TextStats
+    assert c_classify.FEATURES_VERSION == pure_classify.FEATURES_VERSION
     # One exception class, defined in Python, raised by both.
     assert c_jsonscan.ScanError is pure_jsonscan.ScanError
     assert issubclass(c_jsonscan.ScanError, ValueError)
