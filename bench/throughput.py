@@ -4,7 +4,8 @@
 
 * ``nginx``: an nginx reverse proxy (1 worker, upstream keep-alive), the practical ceiling for a
   proxy on this machine;
-* ``tiermux``: ``python -m tiermux serve`` with one backend (the mock) in one tier;
+* ``tiermux``: ``python -m tiermux serve`` with one backend (the mock) in one tier, as the product
+  ships: each ``auto`` request is classified (classifier on), and every category lands on the mock;
 * ``direct``: the mock itself, for reference (no proxy hop at all).
 
 Each round runs wrk against each target in turn, the order rotating from round to round so that
@@ -14,6 +15,12 @@ a tiermux worker, and the targets next to the numbers.
 
 Other modes:
 
+* ``--routing``: what routing costs. The same interleaved rounds against nginx and two tiermux
+  instances in front of the same mock, both up for the whole run: one with the classifier on and
+  two tiers (``cheap: [mock]``, ``capable: [mock-capable]``, the same mock again, so that either
+  tier does the same upstream work), one passing through (the same tiers, classifier off). The
+  report (results/routing.md) gives req/s, latency and proxy CPU per request of each, and the
+  ratio routing on / pass-through against its target;
 * ``--stream``: time to first token of sequential streaming requests, directly and through
   tiermux, interleaved request by request;
 * ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
@@ -66,6 +73,7 @@ TARGET_P99_MS = 15.0
 TARGET_TTFT_DELTA_MS = 1.0
 TARGET_RSS_MB = 80.0
 TARGET_SOAK_GROWTH = 0.05
+TARGET_ROUTING_RATIO = 0.90  # req/s with the classifier on, against pass-through
 
 STREAM_TTFT_MS = 20.0
 STREAM_ITL_MS = 5.0
@@ -275,12 +283,21 @@ def tiermux_config(
     model: str = MOCK_MODEL,
     max_connections: int = 256,
     pinned: Sequence[tuple[str, str, str]] = (),
+    *,
+    capable_tier: bool = False,
+    classifier: bool = True,
 ) -> str:
-    """A config with one backend (``backend_url``, an origin) in one tier, ``cheap``.
+    """A config for the backend at ``backend_url`` (an origin), by default in one tier, ``cheap``.
 
-    ``pinned`` adds ``(name, origin, model)`` backends in no tier: reachable by their model name.
+    The defaults are the product's: ``auto`` is classified (classifier on) and, with one tier,
+    every category lands on the same backend. ``capable_tier`` adds a second tier, ``capable``,
+    whose backend ``mock-capable`` is the same origin and model again, so that whichever tier the
+    classifier picks the upstream work is identical. ``classifier=False`` sends ``auto`` straight
+    to ``cheap`` unclassified (pass-through). ``pinned`` adds ``(name, origin, model)`` backends in
+    no tier: reachable by their model name.
     """
-    backends = [("mock", backend_url, model), *pinned]
+    capable = [("mock-capable", backend_url, model)] if capable_tier else []
+    backends = [("mock", backend_url, model), *capable, *pinned]
     lines = ["# written by bench/throughput.py", "backends:"]
     for name, url, backend_model in backends:
         lines += [
@@ -290,7 +307,14 @@ def tiermux_config(
             f"    model: {backend_model}",
             f"    max_connections: {max_connections}",
         ]
-    lines += ["tiers:", "  cheap: [mock]", "routing:", "  default_tier: cheap", ""]
+    lines += ["tiers:", "  cheap: [mock]"]
+    if capable_tier:
+        lines += [
+            "  # the same mock again: either tier costs the same upstream, only routing differs",
+            "  capable: [mock-capable]",
+        ]
+    enabled = "true" if classifier else "false"
+    lines += ["routing:", "  default_tier: cheap", "  classifier:", f"    enabled: {enabled}", ""]
     return "\n".join(lines)
 
 
@@ -301,14 +325,22 @@ def start_tiermux(
     workers: int = 2,
     model: str = MOCK_MODEL,
     pinned: Sequence[tuple[str, str, str]] = (),
+    name: str = "tiermux",
+    capable_tier: bool = False,
+    classifier: bool = True,
 ) -> Service:
-    """``python -m tiermux serve`` in front of ``backend_url``; returns once every worker is up."""
-    config = procs.workdir / "tiermux.yaml"
-    config.write_text(tiermux_config(backend_url, model, pinned=pinned))
+    """``python -m tiermux serve`` in front of ``backend_url``; returns once every worker is up.
+
+    ``name`` names the config and the log, so that several instances can run side by side.
+    """
+    config = procs.workdir / f"{name}.yaml"
+    config.write_text(
+        tiermux_config(backend_url, model, pinned=pinned, capable_tier=capable_tier, classifier=classifier)
+    )
     port = free_port()
     argv = [sys.executable, "-m", "tiermux", "serve", "--config", str(config), "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-    service = procs.spawn("tiermux", argv)
+    service = procs.spawn(name, argv)
     service.url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -316,6 +348,29 @@ def start_tiermux(
 
     _wait(service, ready, 30.0, f"not answering /health with {workers} workers")
     return service
+
+
+def route_probe(url: str, model: str = "auto") -> dict[str, str]:
+    """The ``x-tiermux-*`` headers tiermux sets on one small chat completion: where it went, and
+    whether it was classified (``x-tiermux-category`` is only there when it was)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = (
+        b'{"model":"' + model.encode() + b'","messages":[{"role":"user","content":"Summarise this '
+        b'order status in one line: label created, not yet shipped."}],"max_tokens":64,"temperature":0}'
+    )
+    headers = {"content-type": "application/json", "authorization": "Bearer bench-key"}
+    conn = http.client.HTTPConnection(host, int(port), timeout=10.0)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+    except OSError as exc:
+        raise BenchError(f"{url}: probe request failed: {exc}") from exc
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise BenchError(f"{url}: probe request answered HTTP {response.status}")
+    return {k.lower(): v for k, v in response.getheaders() if k.lower().startswith("x-tiermux-")}
 
 
 NGINX_CONF = """\
@@ -715,173 +770,162 @@ def write_report(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Mode 1: throughput, interleaved rounds
+# Interleaved rounds: shared by the throughput and routing modes
 # --------------------------------------------------------------------------------------------
 
-TARGET_NAMES = ("nginx", "tiermux", "direct")
-TARGET_LABELS = {
-    "nginx": "nginx (1 worker)",
-    "tiermux": "tiermux ({workers} workers)",
-    "direct": "mock direct",
-}
+Runner = Callable[[str, float], WrkResult]
+"""One wrk run against a target (by name) for so many seconds, with its CPU (and RSS) filled in."""
 
 
-def run_throughput(args: argparse.Namespace) -> int:
-    info = machine_info()
-    rounds: list[list[WrkResult]] = []
-    with Processes(keep_logs=args.keep_logs) as procs:
-        mock = start_mock(procs, tokens=args.tokens)
-        nginx = start_nginx(procs, mock.url)
-        tiermux = start_tiermux(procs, mock.url, workers=args.workers)
-        workers = children(tiermux.pid)
-        print(f"mock {mock.url}  nginx {nginx.url}  tiermux {tiermux.url} (workers {workers})", flush=True)
-        urls = {"nginx": nginx.url, "tiermux": tiermux.url, "direct": mock.url}
-        models = {"nginx": MOCK_MODEL, "tiermux": "auto", "direct": MOCK_MODEL}
-        proxies = {
-            "nginx": {"nginx": process_tree(nginx.pid)},
-            "tiermux": {"tiermux main": [tiermux.pid]}
-            | {f"tiermux worker {i + 1}": [pid] for i, pid in enumerate(workers)},
-            "direct": {},
-        }
-
-        def one(target: str, duration: float) -> WrkResult:
-            watch = {"mock": [mock.pid]} | proxies[target]
-            result = run_wrk(
-                target,
-                urls[target],
-                duration=duration,
-                connections=args.connections,
-                threads=args.threads,
-                model=models[target],
-                watch=watch,
-            )
-            if target == "tiermux":
-                result.rss_mb = list(worker_rss(tiermux).values())
-            return result
-
-        # Warm-up: pools filled, code paths warm, nothing recorded.
-        for target in TARGET_NAMES:
-            one(target, min(2.0, args.duration))
-        for r in range(args.rounds):
-            order = TARGET_NAMES[r % 3 :] + TARGET_NAMES[: r % 3]
-            results = []
-            for target in order:
-                attempts: list[WrkResult] = []
-                for attempt in range(1, args.retries + 2):
-                    if args.wait_quiet:
-                        busy = wait_for_quiet(args.quiet_threshold, args.wait_quiet)
-                        if busy > args.quiet_threshold:
-                            print(f"  (machine still {busy:.0%} busy with other work; measuring anyway)")
-                    result = one(target, args.duration)
-                    result.attempts = attempt
-                    attempts.append(result)
-                    cpu = "  ".join(f"{k} {v:.0f}%" for k, v in result.cpu.items())
-                    print(
-                        f"round {r + 1} {target:8s} {result.rps:10,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                        f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non2xx}  errors {result.socket_errors}"
-                        f"  | cpu: {cpu}",
-                        flush=True,
-                    )
-                    if result.noise <= args.noisy_cpu:
-                        break
-                    if attempt <= args.retries:
-                        print(
-                            f"  (other load took {result.noise:.0f}% of a core during the run: repeating it)"
-                        )
-                # The quietest attempt: chosen by the load others put on the machine, never by result.
-                result = min(attempts, key=lambda a: a.noise)
-                results.append(result)
-            rounds.append(results)
-        if children(tiermux.pid) != workers:
-            print(f"note: tiermux workers changed during the run: {workers} -> {children(tiermux.pid)}")
-    report = throughput_report(args, info, rounds)
-    write_report(args.out or RESULTS_DIR / "throughput.md", report)
-    return 0
+def rotated(targets: Sequence[str], r: int) -> list[str]:
+    """The order of round ``r``: each round starts one target later, so that over a multiple of
+    ``len(targets)`` rounds every target runs in every position equally often."""
+    shift = r % len(targets)
+    return [*targets[shift:], *targets[:shift]]
 
 
-def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: list[list[WrkResult]]) -> str:
-    by_target: dict[str, list[WrkResult]] = {t: [] for t in TARGET_NAMES}
+def measure_quietest(args: argparse.Namespace, target: str, r: int, one: Runner, width: int) -> WrkResult:
+    """One run of ``target``, repeated (up to ``--retries`` times) while other load on the machine
+    makes it noisy; the quietest attempt."""
+    attempts: list[WrkResult] = []
+    for attempt in range(1, args.retries + 2):
+        if args.wait_quiet:
+            busy = wait_for_quiet(args.quiet_threshold, args.wait_quiet)
+            if busy > args.quiet_threshold:
+                print(f"  (machine still {busy:.0%} busy with other work; measuring anyway)")
+        result = one(target, args.duration)
+        result.attempts = attempt
+        attempts.append(result)
+        cpu = "  ".join(f"{k} {v:.0f}%" for k, v in result.cpu.items())
+        print(
+            f"round {r + 1} {target:{width}s} {result.rps:10,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non2xx}  errors {result.socket_errors}"
+            f"  | cpu: {cpu}",
+            flush=True,
+        )
+        if result.noise <= args.noisy_cpu:
+            break
+        if attempt <= args.retries:
+            print(f"  (other load took {result.noise:.0f}% of a core during the run: repeating it)")
+    # The quietest attempt: chosen by the load others put on the machine, never by result.
+    return min(attempts, key=lambda a: a.noise)
+
+
+def run_rounds(args: argparse.Namespace, targets: Sequence[str], one: Runner) -> list[list[WrkResult]]:
+    """A warm-up run per target, then ``--rounds`` rounds over all targets, the order rotated."""
+    # Warm-up: pools filled, code paths warm, nothing recorded.
+    for target in targets:
+        one(target, min(2.0, args.duration))
+    width = max(8, *(len(t) for t in targets))
+    return [
+        [measure_quietest(args, target, r, one, width) for target in rotated(targets, r)]
+        for r in range(args.rounds)
+    ]
+
+
+def tiermux_groups(server: Service, workers: Sequence[int]) -> dict[str, list[int]]:
+    """CPU groups of one tiermux instance: its main process and each worker."""
+    return {"tiermux main": [server.pid]} | {
+        f"tiermux worker {i + 1}": [pid] for i, pid in enumerate(workers)
+    }
+
+
+def wrk_runner(
+    args: argparse.Namespace,
+    mock: Service,
+    urls: dict[str, str],
+    models: dict[str, str],
+    proxies: dict[str, dict[str, list[int]]],
+    tiermux: dict[str, Service],
+) -> Runner:
+    """Runs wrk against a target, watching the mock and that target's processes (``proxies``);
+    for targets in ``tiermux``, the workers' RSS at the end of the run is recorded."""
+
+    def one(target: str, duration: float) -> WrkResult:
+        result = run_wrk(
+            target,
+            urls[target],
+            duration=duration,
+            connections=args.connections,
+            threads=args.threads,
+            model=models[target],
+            watch={"mock": [mock.pid]} | proxies[target],
+        )
+        if target in tiermux:
+            result.rss_mb = list(worker_rss(tiermux[target]).values())
+        return result
+
+    return one
+
+
+def group_by_target(rounds: list[list[WrkResult]], targets: Sequence[str]) -> dict[str, list[WrkResult]]:
+    """Every kept run of each target, in round order."""
+    out: dict[str, list[WrkResult]] = {t: [] for t in targets}
     for results in rounds:
         for result in results:
-            by_target[result.target].append(result)
-    med = {
+            out[result.target].append(result)
+    return out
+
+
+def medians(by_target: dict[str, list[WrkResult]]) -> dict[str, dict[str, float]]:
+    return {
         t: {k: statistics.median(getattr(r, k) for r in rs) for k in ("rps", "p50_ms", "p99_ms")}
         for t, rs in by_target.items()
     }
-    label = {t: TARGET_LABELS[t].format(workers=args.workers) for t in TARGET_NAMES}
+
+
+def proxy_cpu_us(result: WrkResult) -> float | None:
+    """CPU per request of the proxy (every watched group but the mock and wrk), in µs; None when
+    there is no proxy (the mock direct)."""
+    proxy = [n for n in result.cpu_us if n not in ("mock", "wrk")]
+    return sum(result.cpu_us[n] for n in proxy) if proxy else None
+
+
+def median_proxy_cpu_us(results: Sequence[WrkResult]) -> float | None:
+    values = [v for v in map(proxy_cpu_us, results) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def quiet_section(
+    args: argparse.Namespace, by_target: dict[str, list[WrkResult]], label: dict[str, str]
+) -> list[str]:
+    """Medians from the runs during which others took at most ``--noisy-cpu`` of a core."""
     rows = []
-    for t in TARGET_NAMES:
-        rs = by_target[t]
-        rows.append(
-            [
-                label[t],
-                f"{med[t]['rps']:,.0f}",
-                f"{med[t]['p50_ms']:.2f}",
-                f"{med[t]['p99_ms']:.2f}",
-                sum(r.non2xx for r in rs),
-                sum(r.socket_errors for r in rs),
-                ", ".join(f"{r.rps:,.0f}" for r in rs),
-            ]
-        )
-    ratio = med["tiermux"]["rps"] / med["nginx"]["rps"] if med["nginx"]["rps"] else 0.0
-    quiet_rows = []
-    for t in TARGET_NAMES:
-        quiet = [r for r in by_target[t] if r.noise <= args.noisy_cpu]
+    for t, rs in by_target.items():
+        quiet = [r for r in rs if r.noise <= args.noisy_cpu]
         if quiet:
-            quiet_rows.append(
+            rows.append(
                 [
                     label[t],
                     f"{statistics.median(r.rps for r in quiet):,.0f}",
                     f"{statistics.median(r.p50_ms for r in quiet):.2f}",
                     f"{statistics.median(r.p99_ms for r in quiet):.2f}",
-                    f"{len(quiet)} of {len(by_target[t])}",
+                    f"{len(quiet)} of {len(rs)}",
                 ]
             )
         else:
-            quiet_rows.append([label[t], "-", "-", "-", f"0 of {len(by_target[t])}"])
-    rss = max((m for r in by_target["tiermux"] for m in r.rss_mb), default=0.0)
-    checks = [
-        [
-            "tiermux req/s",
-            f"{med['tiermux']['rps']:,.0f}",
-            f">= {TARGET_RPS:,}",
-            verdict(med["tiermux"]["rps"] >= TARGET_RPS),
-        ],
-        [
-            "tiermux / nginx",
-            f"{ratio:.0%}",
-            f">= {TARGET_NGINX_RATIO:.0%}",
-            verdict(ratio >= TARGET_NGINX_RATIO),
-        ],
-        [
-            "tiermux p99",
-            f"{med['tiermux']['p99_ms']:.2f} ms",
-            f"<= {TARGET_P99_MS:g} ms",
-            verdict(med["tiermux"]["p99_ms"] <= TARGET_P99_MS),
-        ],
-        [
-            "RSS per worker (max, end of each run)",
-            f"{rss:.1f} MB",
-            f"<= {TARGET_RSS_MB:g} MB",
-            verdict(rss <= TARGET_RSS_MB),
-        ],
-        [
-            "non-2xx + socket errors (tiermux)",
-            str(sum(r.non2xx + r.socket_errors for r in by_target["tiermux"])),
-            "0",
-            verdict(all(r.non2xx + r.socket_errors == 0 for r in by_target["tiermux"])),
-        ],
+            rows.append([label[t], "-", "-", "-", f"0 of {len(rs)}"])
+    return [
+        f"The same, from the quiet runs only (other processes took at most {args.noisy_cpu:g}% of a core):",
+        "",
+        *md_table(["target", "req/s", "p50 ms", "p99 ms", "quiet runs"], rows),
     ]
-    cpu_rows = []
-    for t in TARGET_NAMES:
-        rs = by_target[t]
+
+
+def cpu_section(by_target: dict[str, list[WrkResult]], label: dict[str, str]) -> list[str]:
+    """Where the CPU went during each target's runs, and per request."""
+    rows = []
+    for t, rs in by_target.items():
         names = list(rs[0].cpu)
         cells = [f"{n} {statistics.median(r.cpu[n] for r in rs):.0f}%" for n in names]
         ours = [n for n in names if n not in ("other", "steal")]
         total = statistics.median(sum(r.cpu[n] for n in ours) for r in rs)
-        proxy = [n for n in ours if n not in ("mock", "wrk")]
-        per_request = statistics.median(sum(r.cpu_us[n] for n in proxy) for r in rs) if proxy else None
-        cpu_rows.append(
+        per_request = median_proxy_cpu_us(rs)
+        rows.append(
             [
                 label[t],
                 ", ".join(cells),
@@ -891,58 +935,7 @@ def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: li
                 f"{statistics.median(r.cpu_us['wrk'] for r in rs):.0f}",
             ]
         )
-    raw = []
-    for i, results in enumerate(rounds):
-        for r in results:
-            raw.append(
-                [
-                    i + 1,
-                    r.target,
-                    f"{r.rps:,.0f}",
-                    f"{r.p50_ms:.2f}",
-                    f"{r.p99_ms:.2f}",
-                    r.requests,
-                    r.non2xx,
-                    r.socket_errors,
-                    f"{r.noise:.0f}%",
-                    r.attempts,
-                ]
-            )
-    load = " ".join(wrk_command("URL", args.duration, args.connections, args.threads, "MODEL"))
-    lines = [
-        "# Throughput: tiermux vs nginx vs the backend directly",
-        "",
-        f"Run on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        f"Load: `{load}` (MODEL is `auto` for tiermux, the backend's model name otherwise),",
-        f"{args.rounds} round(s), targets interleaved and the order rotated each round, after a warm-up",
-        "run per target. The backend is `python -m bench.mock_backend --flavor vllm` answering",
-        f"{args.tokens} tokens with no added latency; wrk, the mock and the proxy all share this machine.",
-        "",
-        _grouping_line(args),
-        "",
-        "## Machine",
-        "",
-        *_machine_lines(info),
-        "",
-        "## Results (median over rounds)",
-        "",
-        *md_table(
-            ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors", "req/s per round"], rows
-        ),
-        "",
-        f"**tiermux / nginx = {ratio:.2f}** (median req/s against median req/s)",
-        "",
-        f"The same, from the quiet runs only (other processes took at most {args.noisy_cpu:g}% of a core):",
-        "",
-        *md_table(["target", "req/s", "p50 ms", "p99 ms", "quiet runs"], quiet_rows),
-        "",
-        "## Targets",
-        "",
-        *md_table(["what", "measured", "target", ""], checks),
-        "",
+    return [
         "## Where the CPU went (median over rounds; % of one core, the machine has "
         f"{len(os.sched_getaffinity(0)) * 100}%)",
         "",
@@ -960,9 +953,30 @@ def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: li
                 "mock CPU µs/request",
                 "wrk CPU µs/request",
             ],
-            cpu_rows,
+            rows,
         ),
-        "",
+    ]
+
+
+def runs_section(args: argparse.Namespace, rounds: list[list[WrkResult]]) -> list[str]:
+    """Every kept run, in the order it ran."""
+    rows = [
+        [
+            i + 1,
+            r.target,
+            f"{r.rps:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            r.requests,
+            r.non2xx,
+            r.socket_errors,
+            f"{r.noise:.0f}%",
+            r.attempts,
+        ]
+        for i, results in enumerate(rounds)
+        for r in results
+    ]
+    return [
         "## Every run",
         "",
         f"A run during which other processes took more than {args.noisy_cpu:g}% of a core is repeated "
@@ -983,8 +997,353 @@ def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: li
                 "other + steal CPU",
                 "attempt",
             ],
-            raw,
+            rows,
         ),
+    ]
+
+
+def load_line(args: argparse.Namespace) -> str:
+    return " ".join(wrk_command("URL", args.duration, args.connections, args.threads, "MODEL"))
+
+
+# --------------------------------------------------------------------------------------------
+# Mode 1: throughput, interleaved rounds
+# --------------------------------------------------------------------------------------------
+
+TARGET_NAMES = ("nginx", "tiermux", "direct")
+TARGET_LABELS = {
+    "nginx": "nginx (1 worker)",
+    "tiermux": "tiermux ({workers} workers)",
+    "direct": "mock direct",
+}
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    info = machine_info()
+    with Processes(keep_logs=args.keep_logs) as procs:
+        mock = start_mock(procs, tokens=args.tokens)
+        nginx = start_nginx(procs, mock.url)
+        # The product default: classifier on, one tier (every category lands on the mock).
+        tiermux = start_tiermux(procs, mock.url, workers=args.workers)
+        workers = children(tiermux.pid)
+        print(f"mock {mock.url}  nginx {nginx.url}  tiermux {tiermux.url} (workers {workers})", flush=True)
+        urls = {"nginx": nginx.url, "tiermux": tiermux.url, "direct": mock.url}
+        models = {"nginx": MOCK_MODEL, "tiermux": "auto", "direct": MOCK_MODEL}
+        proxies = {
+            "nginx": {"nginx": process_tree(nginx.pid)},
+            "tiermux": tiermux_groups(tiermux, workers),
+            "direct": {},
+        }
+        one = wrk_runner(args, mock, urls, models, proxies, {"tiermux": tiermux})
+        rounds = run_rounds(args, TARGET_NAMES, one)
+        if children(tiermux.pid) != workers:
+            print(f"note: tiermux workers changed during the run: {workers} -> {children(tiermux.pid)}")
+    report = throughput_report(args, info, rounds)
+    write_report(args.out or RESULTS_DIR / "throughput.md", report)
+    return 0
+
+
+def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: list[list[WrkResult]]) -> str:
+    by_target = group_by_target(rounds, TARGET_NAMES)
+    med = medians(by_target)
+    label = {t: TARGET_LABELS[t].format(workers=args.workers) for t in TARGET_NAMES}
+    rows = []
+    for t in TARGET_NAMES:
+        rs = by_target[t]
+        rows.append(
+            [
+                label[t],
+                f"{med[t]['rps']:,.0f}",
+                f"{med[t]['p50_ms']:.2f}",
+                f"{med[t]['p99_ms']:.2f}",
+                sum(r.non2xx for r in rs),
+                sum(r.socket_errors for r in rs),
+                ", ".join(f"{r.rps:,.0f}" for r in rs),
+            ]
+        )
+    nginx_ratio = ratio(med["tiermux"]["rps"], med["nginx"]["rps"])
+    rss = max((m for r in by_target["tiermux"] for m in r.rss_mb), default=0.0)
+    checks = [
+        [
+            "tiermux req/s",
+            f"{med['tiermux']['rps']:,.0f}",
+            f">= {TARGET_RPS:,}",
+            verdict(med["tiermux"]["rps"] >= TARGET_RPS),
+        ],
+        [
+            "tiermux / nginx",
+            f"{nginx_ratio:.0%}",
+            f">= {TARGET_NGINX_RATIO:.0%}",
+            verdict(nginx_ratio >= TARGET_NGINX_RATIO),
+        ],
+        [
+            "tiermux p99",
+            f"{med['tiermux']['p99_ms']:.2f} ms",
+            f"<= {TARGET_P99_MS:g} ms",
+            verdict(med["tiermux"]["p99_ms"] <= TARGET_P99_MS),
+        ],
+        [
+            "RSS per worker (max, end of each run)",
+            f"{rss:.1f} MB",
+            f"<= {TARGET_RSS_MB:g} MB",
+            verdict(rss <= TARGET_RSS_MB),
+        ],
+        [
+            "non-2xx + socket errors (tiermux)",
+            str(sum(r.non2xx + r.socket_errors for r in by_target["tiermux"])),
+            "0",
+            verdict(all(r.non2xx + r.socket_errors == 0 for r in by_target["tiermux"])),
+        ],
+    ]
+    lines = [
+        "# Throughput: tiermux vs nginx vs the backend directly",
+        "",
+        f"Run on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Load: `{load_line(args)}` (MODEL is `auto` for tiermux, the backend's model name otherwise),",
+        f"{args.rounds} round(s), targets interleaved and the order rotated each round, after a warm-up",
+        "run per target. The backend is `python -m bench.mock_backend --flavor vllm` answering",
+        f"{args.tokens} tokens with no added latency; wrk, the mock and the proxy all share this machine.",
+        "",
+        "tiermux runs the product default: it classifies each request (`auto`, classifier on) and,",
+        "with one tier, sends every category to the mock. What the classification costs against",
+        "pass-through is measured by `python -m bench.throughput --routing` (results/routing.md).",
+        "",
+        _grouping_line(args),
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(info),
+        "",
+        "## Results (median over rounds)",
+        "",
+        *md_table(
+            ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors", "req/s per round"], rows
+        ),
+        "",
+        f"**tiermux / nginx = {nginx_ratio:.2f}** (median req/s against median req/s)",
+        "",
+        *quiet_section(args, by_target, label),
+        "",
+        "## Targets",
+        "",
+        *md_table(["what", "measured", "target", ""], checks),
+        "",
+        *cpu_section(by_target, label),
+        "",
+        *runs_section(args, rounds),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Mode 1b: the cost of routing, classifier on against pass-through
+# --------------------------------------------------------------------------------------------
+
+ROUTING_TARGETS = ("nginx", "routing-on", "pass-through")
+ROUTING_LABELS = {
+    "nginx": "nginx (1 worker)",
+    "routing-on": "tiermux, routing on ({workers} workers)",
+    "pass-through": "tiermux, pass-through ({workers} workers)",
+}
+
+
+def check_probes(probes: dict[str, dict[str, str]]) -> None:
+    """Refuse to measure if the two instances don't do what their names say: a routing-on
+    instance that does not classify would make the ratio meaningless (and look good)."""
+    on, off = probes["routing-on"], probes["pass-through"]
+    if "x-tiermux-category" not in on:
+        raise BenchError(f"the routing-on instance did not classify a probe request: {on}")
+    if "x-tiermux-category" in off or off.get("x-tiermux-tier") != "cheap":
+        raise BenchError(
+            f"the pass-through instance did not send a probe request to cheap unclassified: {off}"
+        )
+
+
+def run_routing(args: argparse.Namespace) -> int:
+    info = machine_info()
+    with Processes(keep_logs=args.keep_logs) as procs:
+        mock = start_mock(procs, tokens=args.tokens)
+        nginx = start_nginx(procs, mock.url)
+        # Both instances stay up for the whole run (only the measured one is loaded), so each is
+        # measured with the other present: same memory pressure and scheduler state for both.
+        servers = {
+            "routing-on": start_tiermux(
+                procs, mock.url, workers=args.workers, name="tiermux-routing", capable_tier=True
+            ),
+            "pass-through": start_tiermux(
+                procs,
+                mock.url,
+                workers=args.workers,
+                name="tiermux-passthrough",
+                capable_tier=True,
+                classifier=False,
+            ),
+        }
+        workers = {t: children(s.pid) for t, s in servers.items()}
+        probes = {t: route_probe(s.url) for t, s in servers.items()}
+        check_probes(probes)
+        print(
+            f"mock {mock.url}  nginx {nginx.url}  "
+            + "  ".join(f"{t} {s.url} (workers {workers[t]})" for t, s in servers.items()),
+            flush=True,
+        )
+        urls = {"nginx": nginx.url} | {t: s.url for t, s in servers.items()}
+        models = {"nginx": MOCK_MODEL} | {t: "auto" for t in servers}
+        proxies = {"nginx": {"nginx": process_tree(nginx.pid)}} | {
+            t: tiermux_groups(s, workers[t]) for t, s in servers.items()
+        }
+        one = wrk_runner(args, mock, urls, models, proxies, servers)
+        rounds = run_rounds(args, ROUTING_TARGETS, one)
+        for t, s in servers.items():
+            if children(s.pid) != workers[t]:
+                print(f"note: {t} workers changed during the run: {workers[t]} -> {children(s.pid)}")
+    report = routing_report(args, info, rounds, probes)
+    write_report(args.out or RESULTS_DIR / "routing.md", report)
+    return 0
+
+
+def _probe_text(headers: dict[str, str]) -> str:
+    tier = f"tier `{headers.get('x-tiermux-tier', '?')}` (backend `{headers.get('x-tiermux-backend', '?')}`)"
+    if "x-tiermux-category" not in headers:
+        return f"{tier}, not classified"
+    return f"{tier}, category `{headers['x-tiermux-category']}`, score {headers.get('x-tiermux-score', '?')}"
+
+
+def routing_report(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    rounds: list[list[WrkResult]],
+    probes: dict[str, dict[str, str]],
+) -> str:
+    by_target = group_by_target(rounds, ROUTING_TARGETS)
+    med = medians(by_target)
+    label = {t: ROUTING_LABELS[t].format(workers=args.workers) for t in ROUTING_TARGETS}
+    cpu_us = {t: median_proxy_cpu_us(by_target[t]) for t in ROUTING_TARGETS}
+    rows = []
+    for t in ROUTING_TARGETS:
+        rs = by_target[t]
+        us = cpu_us[t]
+        rows.append(
+            [
+                label[t],
+                f"{med[t]['rps']:,.0f}",
+                f"{med[t]['p50_ms']:.2f}",
+                f"{med[t]['p99_ms']:.2f}",
+                f"{us:.0f}" if us is not None else "-",
+                sum(r.non2xx for r in rs),
+                sum(r.socket_errors for r in rs),
+                ", ".join(f"{r.rps:,.0f}" for r in rs),
+            ]
+        )
+    pairs = [("routing-on", "pass-through"), ("routing-on", "nginx"), ("pass-through", "nginx")]
+    ratios = {pair: ratio(med[pair[0]]["rps"], med[pair[1]]["rps"]) for pair in pairs}
+    # The targets of one round ran back to back: their ratio cancels slow drift on the machine.
+    per_round = {
+        (a, b): [ratio(by_target[a][i].rps, by_target[b][i].rps) for i in range(len(rounds))]
+        for a, b in pairs
+    }
+    ratio_rows = [
+        [
+            f"{a} / {b}",
+            f"{ratios[(a, b)]:.2f}",
+            ", ".join(f"{x:.2f}" for x in per_round[(a, b)]),
+        ]
+        for a, b in pairs
+    ]
+    routing_ratio = ratios[("routing-on", "pass-through")]
+    tiermux_runs = by_target["routing-on"] + by_target["pass-through"]
+    checks = [
+        [
+            "routing on / pass-through (median req/s)",
+            f"{routing_ratio:.2f}",
+            f">= {TARGET_ROUTING_RATIO:.2f}",
+            verdict(routing_ratio >= TARGET_ROUTING_RATIO),
+        ],
+        [
+            "non-2xx + socket errors (both tiermux instances)",
+            str(sum(r.non2xx + r.socket_errors for r in tiermux_runs)),
+            "0",
+            verdict(all(r.non2xx + r.socket_errors == 0 for r in tiermux_runs)),
+        ],
+    ]
+    on_us, off_us = cpu_us["routing-on"], cpu_us["pass-through"]
+    cost = (
+        f"Routing costs **{on_us - off_us:+.0f} µs of proxy CPU per request** (median per-request CPU of "
+        f"the tiermux processes: routing on {on_us:.0f} µs, pass-through {off_us:.0f} µs)."
+        if on_us is not None and off_us is not None
+        else ""
+    )
+    lines = [
+        "# Routing cost: tiermux classifying each request vs pass-through (and nginx)",
+        "",
+        f"Run on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Load: `{load_line(args)}` (MODEL is `auto` for tiermux, the backend's model name for nginx),",
+        f"{args.rounds} round(s), targets interleaved and the order rotated each round, after a warm-up",
+        "run per target. The backend is `python -m bench.mock_backend --flavor vllm` answering",
+        f"{args.tokens} tokens with no added latency; wrk, the mock and the proxies all share this machine.",
+        "",
+        f"Two tiermux instances ({args.workers} workers each) run in front of the same mock, with the same",
+        "two tiers, `cheap: [mock]` and `capable: [mock-capable]`, where `mock-capable` is the same mock",
+        "URL and model again: whichever tier a request goes to, the upstream work is identical, and only",
+        "the routing differs.",
+        "",
+        "- **routing on**: `routing.classifier.enabled: true`; each `auto` request is classified (task",
+        "  category, complexity score) and the policy picks its tier.",
+        "- **pass-through**: `routing.classifier.enabled: false`; `auto` goes straight to",
+        "  `default_tier: cheap`, unclassified.",
+        "",
+        "Both instances run for the whole run; only the one being measured is loaded (the idle one's CPU,",
+        "like idle nginx's, counts as `other`). A probe request before the rounds (`auto`, one user",
+        "message, not the wrk body) checked that each does what its name says:",
+        "",
+        *(f"- {label[t]}: {_probe_text(probes[t])}" for t in probes),
+        "",
+        _grouping_line(args),
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(info),
+        "",
+        "## Results (median over rounds)",
+        "",
+        *md_table(
+            [
+                "target",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "proxy CPU µs/request",
+                "non-2xx",
+                "socket errors",
+                "req/s per round",
+            ],
+            rows,
+        ),
+        "",
+        f"**routing on / pass-through = {routing_ratio:.2f}** (median req/s against median req/s)",
+        "",
+        *md_table(
+            ["ratio of req/s", "medians", "per round (targets of one round ran back to back)"], ratio_rows
+        ),
+        "",
+        cost,
+        "",
+        *quiet_section(args, by_target, label),
+        "",
+        "## Targets",
+        "",
+        *md_table(["what", "measured", "target", ""], checks),
+        "",
+        *cpu_section(by_target, label),
+        "",
+        *runs_section(args, rounds),
         "",
     ]
     return "\n".join(lines)
@@ -1265,7 +1624,8 @@ def run_soak(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.throughput",
-        description="tiermux against nginx and the bare backend: req/s, latency, TTFT, memory.",
+        description="tiermux against nginx and the bare backend: req/s, latency, TTFT, memory; "
+        "and what routing (the classifier) costs against pass-through.",
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
@@ -1305,6 +1665,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run during which other processes took more CPU than this (%% of a core) is noisy",
     )
     parser.add_argument("--retries", type=int, default=2, help="times a noisy run is repeated (default 2)")
+    routing = parser.add_argument_group("routing cost (--routing)")
+    routing.add_argument(
+        "--routing",
+        action="store_true",
+        help="req/s, latency and CPU per request of tiermux with the classifier on against tiermux "
+        "passing through (classifier off), with nginx for reference; same rounds as the default mode",
+    )
     stream = parser.add_argument_group("streaming (--stream)")
     stream.add_argument("--stream", action="store_true", help="measure streaming TTFT, direct vs tiermux")
     stream.add_argument("--requests", type=int, default=200, help="requests per path (default 200)")
@@ -1324,7 +1691,10 @@ def _grouping_line(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if sum(bool(mode) for mode in (args.routing, args.stream, args.soak)) > 1:
+        parser.error("--routing, --stream and --soak are separate modes: pick one")
     if args.one_session:
         global ONE_SESSION
         ONE_SESSION = True
@@ -1337,6 +1707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_stream(args)
         if args.soak:
             return run_soak(args)
+        if args.routing:
+            return run_routing(args)
         return run_throughput(args)
     except BenchError as exc:
         print(f"bench.throughput: {exc}", file=sys.stderr)
