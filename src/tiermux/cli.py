@@ -173,6 +173,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import msgspec
+
     from tiermux.routing.classifier import Classifier
     from tiermux.routing.dataset import DatasetError, load_examples
     from tiermux.routing.evaluate import evaluate
@@ -188,6 +190,11 @@ def _eval(args: argparse.Namespace) -> int:
     except (DatasetError, OSError, WeightsError) as exc:
         print(f"tiermux: {exc}", file=sys.stderr)
         return 1
+    if not config.routing.classifier.enabled:  # eval scores the classifier, even one the config turns off
+        routing = msgspec.structs.replace(
+            config.routing, classifier=msgspec.structs.replace(config.routing.classifier, enabled=True)
+        )
+        config = msgspec.structs.replace(config, routing=routing)
     router = Router(config, Classifier(weights))
     result = evaluate(examples, config, router, args.output_tokens, progress=_progress("classifying"))
     print(result.report())

@@ -139,7 +139,7 @@ class RoutingConfig(_Strict, frozen=True):
     categories: dict[str, str] = {}
     """Category to tier. Unset categories: extraction, classification, summarisation, rewriting
     and open_qa go to the first tier; the other four to the second (the first if there is one)."""
-    min_confidence: Probability = 0.62
+    min_confidence: Probability = 0.63
     """A request classified with less confidence goes to ``uncertain_tier`` (if that is dearer)."""
     uncertain_tier: str | None = None
     """Where uncertain requests go; unset: the tier of ``reasoning``."""
@@ -176,11 +176,11 @@ class Config(_Strict, frozen=True):
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Where secrets live: a literal there would end up in version control and in config dumps.
-_SECRET_PATH = re.compile(r".*\.api_key|\$\.auth\.keys\[\d+\]")
+_SECRET_PATH = re.compile(r"\$\.backends\[\d+\]\.api_key|\$\.auth\.keys\[\d+\]")
 
 
 # Files named in the config are found relative to the config file, wherever tiermux was started.
-_FILE_PATH = re.compile(r".*\.(api_key_file|ca_file|weights)")
+_FILE_PATH = re.compile(r"\$\.backends\[\d+\]\.(api_key_file|ca_file)|\$\.routing\.classifier\.weights")
 
 
 def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:

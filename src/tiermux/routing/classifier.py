@@ -18,6 +18,7 @@ policy threshold on it means something a person can reason about.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from tiermux._speedups import classify
@@ -48,8 +49,21 @@ SIGNALS: tuple[str, ...] = (
     "temperature_high",
 )
 
-# Rules: a closed fence around text that looks like code decides "code".
-CODE_RULE_CONFIDENCE = 0.9
+# Each signal counts as this many features, so that a structural fact (JSON mode, tools, a code
+# fence) keeps its say next to the hundreds of text features of a long request.
+SIGNAL_WEIGHT = 10
+
+# Rules, for the few cases unambiguous enough to write down (the model decides everything else):
+# - a closed fence around text with code punctuation decides "code";
+# - an instruction that asks to compare options and to decide between them decides "reasoning"
+#   (English only; in other languages the model has to see it).
+RULE_CONFIDENCE = 0.9
+_COMPARE = re.compile(r"\b(?:compar\w*|contrast\w*|versus|vs|trade-?offs?|weigh(?:ing)? up)\b")
+_DECIDE = re.compile(
+    r"\b(?:recommend\w*|which (?:one|option|plan|offer|should|is (?:better|best|cheaper)|would you)"
+    r"|should (?:i|we) (?:choose|pick|go with|take|accept)|better (?:choice|option|deal)|decide"
+    r"|choose between)\b"
+)
 
 
 class Classification:
@@ -154,20 +168,14 @@ class Classifier:
         self._signal_buckets: dict[str, int] = {}
         hard = [i for i, name in enumerate(self.classes) if name in CAPABLE_BY_DEFAULT]
         self._hard = hard
-        self._code = self.classes.index("code") if "code" in self.classes else -1
+        self._code = self.classes.index("code")
+        self._reasoning = self.classes.index("reasoning")
 
     def __repr__(self) -> str:
         return f"<Classifier classes={len(self.classes)} buckets={self._model.n_buckets}>"
 
     def signal_buckets(self, names: Sequence[str]) -> list[int]:
-        cache = self._signal_buckets
-        out = []
-        for name in names:
-            bucket = cache.get(name)
-            if bucket is None:
-                bucket = cache[name] = classify.signal_hash(name)
-            out.append(bucket)
-        return out
+        return signal_buckets(names, self._signal_buckets)
 
     def classify(self, request: RequestText) -> Classification:
         stats = classify.text_stats(request.last)
@@ -182,12 +190,12 @@ class Classifier:
         category = self.classes[best]
         confidence = probs[best]
         rules: tuple[str, ...] = ()
-        if category != "code" and self._code >= 0 and _looks_like_fenced_code(names, stats):
-            category, confidence, rules = (
-                "code",
-                max(probs[self._code], CODE_RULE_CONFIDENCE),
-                ("code_fence",),
-            )
+        if category != "code" and _looks_like_fenced_code(names, stats):
+            category, rules = "code", ("code_fence",)
+            confidence = max(probs[self._code], RULE_CONFIDENCE)
+        elif category != "reasoning" and _asks_to_compare_and_decide(request.last):
+            category, rules = "reasoning", ("compare_and_decide",)
+            confidence = max(probs[self._reasoning], RULE_CONFIDENCE)
         hard = 0.0
         for i in self._hard:
             hard += probs[i]
@@ -195,9 +203,31 @@ class Classifier:
         return Classification(category, confidence, score, tuple(names), self.classes, probs, rules)
 
 
+def signal_buckets(names: Sequence[str], cache: dict[str, int] | None = None) -> list[int]:
+    """The feature hashes of the signals, each ``SIGNAL_WEIGHT`` times (training and serving)."""
+    out = []
+    for name in names:
+        bucket = cache.get(name) if cache is not None else None
+        if bucket is None:
+            bucket = classify.signal_hash(name)
+            if cache is not None:
+                cache[name] = bucket
+        out.extend([bucket] * SIGNAL_WEIGHT)
+    return out
+
+
 def _looks_like_fenced_code(names: Sequence[str], stats: classify.TextStats) -> bool:
     """A closed ``` fence plus code punctuation: someone pasted code and asks about it."""
-    return "code_fence" in names and stats.code_punct >= 4
+    return "code_fence" in names and stats.code_punct >= 2
+
+
+def _asks_to_compare_and_decide(text: str) -> bool:
+    """Both a comparison and a decision asked for in the instruction windows of the message."""
+    head_end, tail_start = classify.instruction_bounds(text)
+    instruction = text[:head_end].lower()
+    if tail_start < len(text):
+        instruction += "\n" + text[tail_start:].lower()
+    return _COMPARE.search(instruction) is not None and _DECIDE.search(instruction) is not None
 
 
 def complexity(

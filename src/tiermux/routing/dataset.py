@@ -49,20 +49,24 @@ def _request_of(row: dict[str, Any]) -> RequestText:
 
 
 def _read(path: Path) -> Iterator[Example]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-                label = row["label"]
-                if label not in CATEGORIES:
-                    raise ValueError(f"unknown label {label!r}; expected one of {', '.join(CATEGORIES)}")
-                request = _request_of(row)
-            except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
-                raise DatasetError(f"{where}: {exc}") from None
-            yield Example(str(row.get("id", where)), label, request)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    # "\n" only: str.splitlines would also split at U+2028, which JSON strings may hold raw.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+            label = row["label"]
+            if label not in CATEGORIES:
+                raise ValueError(f"unknown label {label!r}; expected one of {', '.join(CATEGORIES)}")
+            request = _request_of(row)
+        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        yield Example(str(row.get("id", where)), label, request)
 
 
 def load_examples(paths: Iterable[str | Path]) -> list[Example]:

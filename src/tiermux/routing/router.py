@@ -89,19 +89,19 @@ class Router:
             tier_override, category_override = _overrides(headers)
             if category_override is not None and classification is not None:
                 classification = classification.with_category(category_override, "header_category")
-        if route.pinned:
+        if tier_override is not None and tier_override not in self.config.tiers:
+            raise BadRequest(
+                f"unknown tier {tier_override!r} in X-Tiermux-Tier; "
+                f"expected one of {', '.join(self.config.tiers)}",
+                param="x-tiermux-tier",
+            )
+        if route.pinned:  # a concrete model is honoured as asked, whatever the headers say
             return Decision(route.tier, route.backends, classification, ("pinned",), pinned=True)
         if route.classified and classification is not None:
             tier, reasons = self.policy.decide(classification, route.floor)
         else:
             tier, reasons = route.tier, ("default_tier",)
         if tier_override is not None:
-            if tier_override not in self.config.tiers:
-                raise BadRequest(
-                    f"unknown tier {tier_override!r} in X-Tiermux-Tier; "
-                    f"expected one of {', '.join(self.config.tiers)}",
-                    param="x-tiermux-tier",
-                )
             tier, reasons = tier_override, (*reasons, "header_tier")
         return Decision(tier, tuple(self.config.tiers[tier]), classification, reasons)
 

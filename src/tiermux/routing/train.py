@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from tiermux._speedups import classify
 from tiermux.routing.categories import CATEGORIES
-from tiermux.routing.classifier import signals_of
+from tiermux.routing.classifier import signal_buckets, signals_of
 from tiermux.routing.dataset import Example
 from tiermux.routing.weights import Weights
 
@@ -64,7 +64,7 @@ def featurise(model: classify.Model, example: Example, label: int) -> Sample:
     names = signals_of(request, classify.text_stats(request.last))
     mask = model.n_buckets - 1
     buckets = model.features(request.system, request.previous, request.last)
-    buckets.extend(classify.signal_hash(name) & mask for name in names)
+    buckets.extend(h & mask for h in signal_buckets(names))
     counts = Counter(buckets)
     norm = 1.0 / math.sqrt(len(buckets)) if buckets else 0.0
     keys = sorted(counts)
