@@ -7,9 +7,21 @@ into a C array, so a request costs one pass over at most ~1,400 characters whate
 Results are those of the pure twin, bit for bit.
 """
 
+cimport cython
 from cpython.unicode cimport Py_UNICODE_ISALNUM, Py_UNICODE_ISSPACE, Py_UNICODE_TOLOWER
 from libc.math cimport exp, log, sqrt
 from libc.stdint cimport int64_t, int8_t, uint32_t
+
+
+cdef extern from *:
+    void __builtin_prefetch(const void* address) nogil
+
+
+cdef enum:
+    # Buckets are collected, then summed in one tight loop: the table (hundreds of KB) mostly
+    # misses L2, and a loop of independent loads lets the CPU overlap those misses.
+    PENDING = 512
+    PREFETCH_AHEAD = 8
 
 
 cdef extern from "Python.h":
@@ -39,7 +51,7 @@ cdef inline Py_UCS4 _at(Text t, Py_ssize_t i) noexcept nogil:
 from tiermux._pure.classify import FEATURES_VERSION, TextStats, signal_hash
 
 from tiermux._pure.classify import (
-    BODY_HEAD, BODY_TAIL, INSTRUCTION_SPAN, LEAD_WORDS, MAX_CLASSES as _MAX_CLASSES, MAX_GRAMS_PER_WORD,
+    BODY_HEAD, BODY_TAIL, GRAM_WORDS, INSTRUCTION_SPAN, LEAD_WORDS, MAX_CLASSES as _MAX_CLASSES, MAX_GRAMS_PER_WORD,
     PREVIOUS_HEAD, SEED_BODY_BIGRAM, SEED_BODY_WORD, SEED_INSTRUCTION_BIGRAM, SEED_INSTRUCTION_GRAM,
     SEED_INSTRUCTION_WORD, SEED_LEAD, SEED_LINE_LEAD, SEED_PREVIOUS_WORD, SEED_SYSTEM_BIGRAM,
     SEED_SYSTEM_GRAM, SEED_SYSTEM_WORD, SYSTEM_HEAD,
@@ -66,6 +78,7 @@ cdef Py_ssize_t c_system_head = SYSTEM_HEAD
 cdef Py_ssize_t c_previous_head = PREVIOUS_HEAD
 cdef int c_lead_words = LEAD_WORDS
 cdef int c_max_grams = MAX_GRAMS_PER_WORD
+cdef int c_gram_words = GRAM_WORDS
 cdef uint32_t s_instruction_word = SEED_INSTRUCTION_WORD
 cdef uint32_t s_instruction_bigram = SEED_INSTRUCTION_BIGRAM
 cdef uint32_t s_instruction_gram = SEED_INSTRUCTION_GRAM
@@ -251,6 +264,7 @@ cdef double[:] _doubles(object seq):
     return seq if isinstance(seq, array) and seq.typecode == "d" else array("d", seq)
 
 
+@cython.final
 cdef class Model:
     """An int8 weight table of ``n_buckets`` rows by ``n_classes`` columns (row-major)."""
 
@@ -263,6 +277,8 @@ cdef class Model:
     cdef list _sink
     cdef int64_t _acc[C_MAX_CLASSES]
     cdef Py_ssize_t _count
+    cdef uint32_t _pending[PENDING]
+    cdef Py_ssize_t _n_pending
     cdef double _bias[C_MAX_CLASSES]
     cdef double _scale
 
@@ -305,13 +321,11 @@ cdef class Model:
         number of features summed."""
         cdef int c
         cdef uint32_t bucket
-        for c in range(self.n_classes):
-            self._acc[c] = 0
-        self._count = 0
+        self._reset()
         self._walk(system, previous, last)
         for item in extra:
-            bucket = <uint32_t>(<long long>item) & self._mask
-            self._add_row(bucket)
+            self._emit_bucket(<uint32_t>(<long long>item) & self._mask)
+        self._flush()
         return [self._acc[c] for c in range(self.n_classes)], self._count
 
     def predict(self, str system not None, str previous not None, str last not None, extra):
@@ -320,13 +334,11 @@ cdef class Model:
         cdef double probs[C_MAX_CLASSES]
         cdef double factor, top, total
         cdef uint32_t bucket
-        for c in range(nc):
-            self._acc[c] = 0
-        self._count = 0
+        self._reset()
         self._walk(system, previous, last)
         for item in extra:
-            bucket = <uint32_t>(<long long>item) & self._mask
-            self._add_row(bucket)
+            self._emit_bucket(<uint32_t>(<long long>item) & self._mask)
+        self._flush()
         factor = self._scale / sqrt(<double>self._count) if self._count else 0.0
         for c in range(nc):
             probs[c] = self._bias[c] + <double>self._acc[c] * factor
@@ -340,17 +352,43 @@ cdef class Model:
             total += probs[c]
         return [probs[c] / total for c in range(nc)]
 
-    cdef inline void _add_row(self, uint32_t bucket) noexcept:
-        cdef const int8_t* row = self._rows + <Py_ssize_t>bucket * self.n_classes
+    cdef inline void _reset(self) noexcept:
         cdef int c
         for c in range(self.n_classes):
-            self._acc[c] += row[c]
-        self._count += 1
+            self._acc[c] = 0
+        self._count = 0
+        self._n_pending = 0
+
+    cdef void _flush(self) noexcept:
+        """Sum the rows of the pending buckets into the per-class totals."""
+        cdef Py_ssize_t k, n = self._n_pending
+        cdef int c, nc = self.n_classes
+        cdef const int8_t* rows = self._rows
+        cdef const int8_t* row
+        cdef int64_t acc[C_MAX_CLASSES]
+        for c in range(nc):
+            acc[c] = self._acc[c]
+        for k in range(n):
+            if k + PREFETCH_AHEAD < n:
+                __builtin_prefetch(rows + <Py_ssize_t>self._pending[k + PREFETCH_AHEAD] * nc)
+            row = rows + <Py_ssize_t>self._pending[k] * nc
+            for c in range(nc):
+                acc[c] += row[c]
+        for c in range(nc):
+            self._acc[c] = acc[c]
+        self._count += n
+        self._n_pending = 0
+
+    cdef inline void _emit_bucket(self, uint32_t bucket) noexcept:
+        self._pending[self._n_pending] = bucket
+        self._n_pending += 1
+        if self._n_pending == PENDING:
+            self._flush()
 
     cdef inline int _emit(self, uint32_t h) except -1:
         cdef uint32_t bucket = _fmix(h) & self._mask
         if self._sink is None:
-            self._add_row(bucket)
+            self._emit_bucket(bucket)
         else:
             self._sink.append(bucket)
         return 0
@@ -383,6 +421,7 @@ cdef class Model:
         cdef Py_ssize_t i = start, j
         cdef uint32_t h, prev = 0
         cdef bint has_prev = False
+        cdef int grams_left = c_gram_words if gram_seed else 0
         while i < end:
             if not _isalnum(_at(text, i)):
                 i += 1
@@ -398,8 +437,9 @@ cdef class Model:
                     self._emit(_combine(prev ^ bigram_seed, h))
                 prev = h
                 has_prev = True
-            if gram_seed:
+            if grams_left:
                 self._grams(text, i, j, gram_seed)
+                grams_left -= 1
             i = j
         return 0
 

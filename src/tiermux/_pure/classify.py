@@ -51,6 +51,7 @@ SYSTEM_HEAD = 300
 PREVIOUS_HEAD = 200
 LEAD_WORDS = 4
 MAX_GRAMS_PER_WORD = 16  # bounds a long unspaced run (Chinese, Japanese, a URL)
+GRAM_WORDS = 32  # character trigrams for this many words of each window: the rest add cost, not sense
 MAX_CLASSES = 32
 
 _MASK = 0xFFFFFFFF
@@ -355,6 +356,7 @@ def _words(
     """Word, bigram and character-trigram features of the words of ``text[start:end]``; a seed of
     0 turns its kind off."""
     prev = -1
+    grams_left = GRAM_WORDS if gram_seed else 0
     i = start
     while i < end:
         if not text[i].isalnum():
@@ -370,8 +372,9 @@ def _words(
             if prev >= 0:
                 out.append(_combine(prev ^ bigram_seed, h))
             prev = h
-        if gram_seed:
+        if grams_left:
             _grams(out, text, i, j, gram_seed)
+            grams_left -= 1
         i = j
 
 

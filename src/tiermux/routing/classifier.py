@@ -227,6 +227,16 @@ def _asks_to_compare_and_decide(text: str) -> bool:
     instruction = text[:head_end].lower()
     if tail_start < len(text):
         instruction += "\n" + text[tail_start:].lower()
+    # Substring tests first (well under a microsecond): most requests compare nothing.
+    if not (
+        "compar" in instruction
+        or "vs" in instruction
+        or "trade" in instruction
+        or "versus" in instruction
+        or "contrast" in instruction
+        or "weigh" in instruction
+    ):
+        return False
     return _COMPARE.search(instruction) is not None and _DECIDE.search(instruction) is not None
 
 
