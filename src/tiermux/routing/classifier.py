@@ -240,24 +240,43 @@ def _asks_to_compare_and_decide(text: str) -> bool:
     return _COMPARE.search(instruction) is not None and _DECIDE.search(instruction) is not None
 
 
+_LENGTH_FLOOR = 300  # characters of conversation worth no complexity points...
+_LENGTH_SPAN = math.log(20_000 / _LENGTH_FLOOR)  # ...and the (log) span over which 20 are earned
+# Points for the signals that make work harder, whatever its category.
+_SIGNAL_POINTS = {
+    "code_fence": 10.0,
+    "code_dense": 10.0,
+    "math_dense": 8.0,
+    "tools": 8.0,
+    "max_tokens_large": 5.0,
+    "questions": 4.0,
+}
+
+
 def complexity(
     request: RequestText, stats: classify.TextStats, names: Sequence[str], hard_probability: float
 ) -> int:
-    """0-100: a sum of capped, explainable parts."""
-    score = 0.0
-    # Length of the whole conversation: 0 up to 300 characters, 20 from ~20,000 (log scale).
-    chars = max(request.total_chars, 1)
-    score += min(20.0, max(0.0, 20.0 * math.log10(chars / 300) / math.log10(20000 / 300)))
-    score += min(10.0, 2.5 * (request.turns - 1))
-    score += 35.0 * hard_probability
-    if "code_fence" in names or "code_dense" in names:
-        score += 10.0
-    if "math_dense" in names:
-        score += 8.0
-    if "questions" in names:
-        score += 4.0
-    if "tools" in names:
-        score += 8.0
-    if "max_tokens_large" in names:
-        score += 5.0
-    return int(min(100.0, score) + 0.5)
+    """0-100: a sum of capped, explainable parts.
+
+    length of the conversation (up to 20, log scale from 300 to 20,000 characters), earlier turns
+    (2.5 each, up to 10), the probability of a hard category (up to 35), and the signals of
+    ``_SIGNAL_POINTS`` (code counted once).
+    """
+    chars = request.total_chars
+    score = 35.0 * hard_probability
+    if chars > _LENGTH_FLOOR:
+        length = 20.0 * math.log(chars / _LENGTH_FLOOR) / _LENGTH_SPAN
+        score += length if length < 20.0 else 20.0
+    turns = request.turns - 1
+    if turns > 0:
+        score += 2.5 * turns if turns < 4 else 10.0
+    code = False
+    for name in names:
+        points = _SIGNAL_POINTS.get(name)
+        if points is not None:
+            if name.startswith("code"):
+                if code:
+                    continue
+                code = True
+            score += points
+    return int(score + 0.5) if score < 100.0 else 100

@@ -121,30 +121,34 @@ def _text_of(content: str | list[ContentPart] | None) -> tuple[str, bool]:
 
 def from_chat(fields: ChatFields) -> RequestText:
     """The last user turn sets the task; system prompts and the turn before give context."""
-    system_parts: list[str] = []
-    user_texts: list[str] = []
-    total = 0
-    image = False
-    tool_turns = False
+    system = ""
+    last = previous = ""
+    turns = total = 0
+    image = tool_turns = False
     for message in fields.messages:
-        text, has_image = _text_of(message.content)
+        content = message.content
+        if content is None:
+            continue
+        if isinstance(content, str):
+            text = content
+        else:
+            text, has_image = _text_of(content)
+            image = image or has_image
         total += len(text)
-        image = image or has_image
         role = message.role
         if role == "user":
-            user_texts.append(text)
-        elif role in ("system", "developer"):
-            system_parts.append(text)
-        elif role in ("tool", "function"):
+            previous, last = last, text
+            turns += 1
+        elif role == "system" or role == "developer":
+            system = text if not system else system + "\n" + text
+        elif role == "tool" or role == "function":
             tool_turns = True
-    last = user_texts[-1] if user_texts else ""
-    previous = user_texts[-2] if len(user_texts) > 1 else ""
     response_format = fields.response_format
     return RequestText(
         last,
-        "\n".join(system_parts),
+        system,
         previous,
-        turns=max(len(user_texts), 1),
+        turns=turns if turns else 1,
         total_chars=total,
         tools=bool(fields.tools) or bool(fields.functions) or tool_turns,
         json_mode=response_format is not None and response_format.type in ("json_object", "json_schema"),
