@@ -2,8 +2,9 @@
 """Compiled twin of ``tiermux._pure.classify``: the classifier's text features and linear scores.
 
 The pure twin's docstring says what is read and why. Here the text is walked in place (no slices,
-no lowercased copies), hashes are 32-bit C integers and the int8 weight rows are summed straight
-into a C array, so a request costs one pass over at most ~1,400 characters whatever its length.
+no lowercased copies), hashes are 32-bit C integers and the int8 weight rows are summed in one
+tight loop, so a request costs one pass over its bounded windows (about 1,700 characters at most)
+whatever its length.
 Results are those of the pure twin, bit for bit.
 """
 
@@ -48,13 +49,13 @@ cdef inline Text _text(str s):
 cdef inline Py_UCS4 _at(Text t, Py_ssize_t i) noexcept nogil:
     return PyUnicode_READ(t.kind, t.data, i)
 
-from tiermux._pure.classify import FEATURES_VERSION, TextStats, signal_hash
+from tiermux._pure.classify import FEATURES_VERSION, TextStats, _check_sample, signal_hash
 
 from tiermux._pure.classify import (
     BODY_HEAD, BODY_TAIL, GRAM_WORDS, INSTRUCTION_SPAN, LEAD_WORDS, MAX_CLASSES as _MAX_CLASSES, MAX_GRAMS_PER_WORD,
     PREVIOUS_HEAD, SEED_BODY_BIGRAM, SEED_BODY_WORD, SEED_INSTRUCTION_BIGRAM, SEED_INSTRUCTION_GRAM,
     SEED_INSTRUCTION_WORD, SEED_LEAD, SEED_LINE_LEAD, SEED_PREVIOUS_WORD, SEED_SYSTEM_BIGRAM,
-    SEED_SYSTEM_GRAM, SEED_SYSTEM_WORD, SYSTEM_HEAD,
+    SEED_SYSTEM_GRAM, SEED_SYSTEM_WORD, STATS_LIMIT, SYSTEM_HEAD,
 )
 
 __all__ = [
@@ -79,6 +80,7 @@ cdef Py_ssize_t c_previous_head = PREVIOUS_HEAD
 cdef int c_lead_words = LEAD_WORDS
 cdef int c_max_grams = MAX_GRAMS_PER_WORD
 cdef int c_gram_words = GRAM_WORDS
+cdef Py_ssize_t c_stats_limit = STATS_LIMIT
 cdef uint32_t s_instruction_word = SEED_INSTRUCTION_WORD
 cdef uint32_t s_instruction_bigram = SEED_INSTRUCTION_BIGRAM
 cdef uint32_t s_instruction_gram = SEED_INSTRUCTION_GRAM
@@ -169,7 +171,7 @@ cdef inline unsigned char _kind(Py_UCS4 ch) noexcept:
 
 def text_stats(str text):
     cdef Text t = _text(text)
-    cdef Py_ssize_t i, n = t.n
+    cdef Py_ssize_t i, n = min(t.n, c_stats_limit)
     cdef const unsigned char* latin1 = <const unsigned char*>t.data
     cdef unsigned char k
     cdef long lines = 1 if n else 0
@@ -215,10 +217,13 @@ def train_epoch(double[:] weights, double[:] squares, double[:] bias, double[:] 
     cdef Py_ssize_t count = 0
     cdef long[:] bucket_view
     cdef double[:] value_view
+    cdef Py_ssize_t n_buckets
     if not 1 <= n_classes <= C_MAX_CLASSES:
         raise ValueError(f"n_classes must be within 1..{C_MAX_CLASSES}")
+    n_buckets = weights.shape[0] // n_classes
     for i in order:
         buckets, values, label = samples[i]
+        _check_sample(buckets, values, label, n_classes, n_buckets)
         bucket_view = _longs(buckets)
         value_view = _doubles(values)
         n = bucket_view.shape[0]
@@ -464,7 +469,7 @@ cdef class Model:
         return 0
 
     cdef int _leads(self, Text text, Py_ssize_t start, uint32_t seed) except -1:
-        cdef Py_ssize_t n = text.n, i = start
+        cdef Py_ssize_t n = min(text.n, start + c_instruction_span), i = start
         cdef int position
         cdef uint32_t h
         for position in range(c_lead_words):
@@ -520,9 +525,7 @@ cdef void _bounds(Text t, Py_ssize_t* head_end, Py_ssize_t* tail_start) noexcept
     if k < 0:
         k = _find_break(t, 0, high, False, False)
     head_end[0] = k if k >= 0 else high
-    end = n
-    while end > 0 and _is_space(_at(t, end - 1)):
-        end -= 1
+    end = _trimmed_end(t)
     low = max(0, end - span)
     k = _find_break(t, low, end, True, True)
     if k < 0:
@@ -531,12 +534,14 @@ cdef void _bounds(Text t, Py_ssize_t* head_end, Py_ssize_t* tail_start) noexcept
 
 
 cdef Py_ssize_t _last_line_start(Text text) noexcept:
-    cdef Py_ssize_t end = text.n, k
-    while end > 0 and Py_UNICODE_ISSPACE(_at(text, end - 1)):
+    cdef Py_ssize_t end = _trimmed_end(text)
+    cdef Py_ssize_t k = _find_break(text, max(0, end - c_instruction_span), end, False, True)
+    return k + 1 if k >= 0 else 0
+
+
+cdef Py_ssize_t _trimmed_end(Text t) noexcept:
+    cdef Py_ssize_t end = t.n
+    cdef Py_ssize_t stop = max(0, end - c_instruction_span)
+    while end > stop and _is_space(_at(t, end - 1)):
         end -= 1
-    k = end - 1
-    while k >= 0:
-        if _at(text, k) == 10:
-            return k + 1
-        k -= 1
-    return 0
+    return end

@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tiermux import __version__
-from tiermux.config import Config, ConfigError, exposure_problem, load_config
+from tiermux.config import AUTO, Config, ConfigError, exposure_problem, load_config
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+EXIT_USAGE = 2
 
 
 def _load(path: str) -> Config | None:
@@ -75,26 +76,37 @@ def _routing_config(path: str | None) -> Config | None:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    import msgspec
+
     from tiermux.api.errors import ProxyError
     from tiermux.api.wire import encode_decision
     from tiermux.routing.request import RequestText, chat_from_object
     from tiermux.routing.router import Router
     from tiermux.routing.weights import WeightsError
 
+    if bool(args.request) == bool(args.prompt):
+        print("tiermux: explain needs a prompt or --request FILE (one of them)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.request and args.system:
+        print("tiermux: --system goes with a prompt; a --request body has its own", file=sys.stderr)
+        return EXIT_USAGE
     config = _routing_config(args.config)
     if config is None:
         return EXIT_CONFIG
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model = args.model
     try:
         router = Router(config)
         if args.request:
             import json
 
-            request = chat_from_object(json.loads(Path(args.request).read_text(encoding="utf-8")))
+            body = json.loads(Path(args.request).read_text(encoding="utf-8"))
+            request = chat_from_object(body)
+            model = model or body.get("model")
         else:
+            prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
             request = RequestText(prompt, args.system or "")
-        decision = router.decide(router.resolve(args.model), request)
-    except (OSError, ValueError, WeightsError, ProxyError) as exc:
+        decision = router.decide(router.resolve(model or AUTO), request)
+    except (OSError, ValueError, WeightsError, ProxyError, msgspec.ValidationError) as exc:
         print(f"tiermux: {exc}", file=sys.stderr)
         return 1
     backend = next(b for b in config.backends if b.name == decision.backends[0])
@@ -110,7 +122,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"confidence:  {c.confidence:.2f}   ({', '.join(f'{k} {v:.2f}' for k, v in top)})")
         tier_confidence = router.tier_confidence(decision)
         if tier_confidence is not None:
-            print(f"             {tier_confidence:.2f} that it belongs on {decision.tier} or a cheaper tier")
+            category_tier = router.policy.category_tier[c.category]
+            print(f"             {tier_confidence:.2f} that it belongs on {category_tier} (or cheaper)")
         print(f"score:       {c.score} / 100")
         print(f"signals:     {', '.join(c.signals) or '-'}")
         if c.rules:
@@ -147,6 +160,9 @@ def _train(args: argparse.Namespace) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"tiermux: {exc}", file=sys.stderr)
         return 1
+    if not 0.0 <= args.holdout < 1.0:
+        print("tiermux: --holdout is a share of the data, at least 0 and below 1", file=sys.stderr)
+        return EXIT_USAGE
     held: list[Example] = []
     if args.holdout:
         examples, held = split_holdout(examples, args.holdout, args.seed)
@@ -161,7 +177,11 @@ def _train(args: argparse.Namespace) -> int:
         progress=lambda done, total, loss: bar(done, total),
         meta={"data": [Path(p).name for p in args.data], "holdout": args.holdout},
     )
-    weights.save(args.out)
+    try:
+        weights.save(args.out)
+    except OSError as exc:
+        print(f"tiermux: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}")
     if held:
         from tiermux.routing.classifier import Classifier
@@ -186,7 +206,7 @@ def _eval(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         examples = load_examples(args.data)
-        weights = load_weights(args.weights or config.routing.classifier.weights)
+        classifier = Classifier(load_weights(args.weights or config.routing.classifier.weights))
     except (DatasetError, OSError, WeightsError) as exc:
         print(f"tiermux: {exc}", file=sys.stderr)
         return 1
@@ -195,7 +215,7 @@ def _eval(args: argparse.Namespace) -> int:
             config.routing, classifier=msgspec.structs.replace(config.routing.classifier, enabled=True)
         )
         config = msgspec.structs.replace(config, routing=routing)
-    router = Router(config, Classifier(weights))
+    router = Router(config, classifier)
     result = evaluate(examples, config, router, args.output_tokens, progress=_progress("classifying"))
     print(result.report())
     return 0
@@ -242,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("prompt", nargs="?", default="", help="the user message ('-' reads stdin)")
     explain.add_argument("--system", metavar="TEXT", help="a system prompt to go with it")
     explain.add_argument("--request", metavar="FILE", help="a whole chat-completions body (JSON) instead")
-    explain.add_argument("--model", default="auto", help="the model the client names (default: auto)")
+    explain.add_argument(
+        "--model", help="the model the client names (default: the body's with --request, else auto)"
+    )
     explain.add_argument("--config", "-c", metavar="FILE", help=_CONFIG_HELP)
     explain.add_argument("--json", action="store_true", help="print the decision as /v1/route does")
     explain.set_defaults(run=_explain)
@@ -267,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--buckets", type=int, default=1 << 16, help="hash buckets, a power of two (default: 65536)"
     )
     trainer.add_argument("--rate", type=float, default=0.4, help="AdaGrad learning rate (default: 0.4)")
-    trainer.add_argument("--l2", type=float, default=1e-5, help="L2 penalty (default: 1e-5)")
+    trainer.add_argument("--l2", type=float, default=1e-4, help="L2 penalty (default: 1e-4)")
     trainer.add_argument(
         "--holdout",
         type=float,

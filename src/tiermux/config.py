@@ -62,6 +62,8 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Score = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
+AUTO = "auto"  # the model name (and alias target) that asks tiermux to choose
+
 
 class ServerConfig(_Strict, frozen=True):
     """Where and how tiermux listens."""
@@ -138,7 +140,8 @@ class RoutingConfig(_Strict, frozen=True):
     classifier: ClassifierConfig = ClassifierConfig()
     categories: dict[str, str] = {}
     """Category to tier. Unset categories: extraction, classification, summarisation, rewriting
-    and open_qa go to the first tier; the other four to the second (the first if there is one)."""
+    and open_qa go to the first tier; the other four to the second (or the first if there is only
+    one)."""
     min_confidence: Probability = 0.63
     """A request classified with less confidence goes to ``uncertain_tier`` (if that is dearer)."""
     uncertain_tier: str | None = None
@@ -257,15 +260,18 @@ def _check_references(config: Config, source: str) -> None:
     routing = config.routing
     if routing.default_tier is not None and routing.default_tier not in config.tiers:
         raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
+    if AUTO in config.tiers:
+        raise ConfigError(
+            source, f"$.tiers.{AUTO}", f"{AUTO!r} is the name of classified routing; name the tier otherwise"
+        )
     for alias, tier in routing.aliases.items():
-        if tier != "auto" and tier not in config.tiers:
+        if tier != AUTO and tier not in config.tiers:
             raise ConfigError(source, f"$.routing.aliases.{alias}", f"expected auto or a tier, got {tier!r}")
     _check_routing_policy(config, source)
 
 
 def _check_routing_policy(config: Config, source: str) -> None:
-    from tiermux.routing.categories import CATEGORIES
-    from tiermux.routing.classifier import SIGNALS
+    from tiermux.routing.categories import CATEGORIES, SIGNALS
 
     routing = config.routing
     for category, tier in routing.categories.items():

@@ -204,7 +204,12 @@ class Forwarder:
 
 
 def _routing_input(endpoint: str, body: bytes) -> tuple[str | None, RequestText | None]:
-    """The ``model`` of a body and, for the endpoints with text to classify, that text."""
+    """The ``model`` of a body and, for the endpoints with text to classify, that text.
+
+    Only the JSON itself and ``model`` must be valid here: a body whose messages the classifier
+    can't read (a vendor's own content shape, say) is still forwarded, unclassified, and the
+    backend judges it, as it did before routing existed.
+    """
     try:
         if endpoint == "/chat/completions":
             chat = decode_chat(body)
@@ -212,11 +217,14 @@ def _routing_input(endpoint: str, body: bytes) -> tuple[str | None, RequestText 
         if endpoint == "/completions":
             completion = decode_completion(body)
             return completion.model, from_completion(completion)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+    try:
         return decode_routing_fields(body).model, None
     except msgspec.ValidationError as exc:
         raise BadRequest(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
 
 
 def _is_stream(response: h1client.Response) -> bool:

@@ -367,15 +367,30 @@ def test_route_for_a_pinned_model_and_a_completion(classified: ProxyClient, vllm
     assert vllm.stats()["requests"] == 0
 
 
+def test_route_of_a_body_the_classifier_cannot_read_is_unclassified(
+    classified: ProxyClient, vllm: BackendHandle
+) -> None:
+    """Messages in a shape the classifier can't read: forwarded as before, to the default tier."""
+    response = classified.post("/v1/route", content=b'{"model": "auto", "messages": "hi"}')
+    assert response.status_code == 200
+    decision = response.json()
+    assert decision["category"] is None
+    assert decision["tier"] == "cheap"
+    assert decision["reasons"] == ["default_tier"]
+    forwarded = classified.post("/v1/chat/completions", content=b'{"model": "auto", "messages": "hi"}')
+    assert forwarded.status_code == 200  # the mock takes it; a real backend would judge it
+    assert "x-tiermux-category" not in forwarded.headers
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
         (b'{"model": "gpt-17", "messages": []}', 404),
         (b'{"model": "auto", "messages": [', 400),
         (b'{"messages": []}', 400),
-        (b'{"model": "auto", "messages": "hi"}', 400),
+        (b'{"model": 7, "messages": []}', 400),
     ],
-    ids=["unknown-model", "truncated", "no-model", "messages-not-list"],
+    ids=["unknown-model", "truncated", "no-model", "model-not-string"],
 )
 def test_route_errors(classified: ProxyClient, body: bytes, status: int) -> None:
     response = classified.post("/v1/route", content=body)

@@ -285,7 +285,7 @@ def test_decode_chat_skips_fields_routing_does_not_read() -> None:
         b' "messages": [{"role": "user", "content": "hi", "name": "sam"}]}'
     )
     fields = decode_chat(body)
-    assert (fields.model, fields.stream) == ("auto", True)
+    assert fields.model == "auto"
     assert from_chat(fields).last == "hi"
 
 
@@ -580,3 +580,12 @@ def test_harder_requests_score_higher(classifier: Classifier) -> None:
     )
     assert easy.score < 20
     assert hard.score >= easy.score + 30
+
+
+def test_many_system_messages_are_joined_once() -> None:
+    """Thousands of system messages: one join, not a copy per message (a body must not be able
+    to make routing quadratic)."""
+    messages = [{"role": "system", "content": f"rule {i}"} for i in range(20_000)]
+    request = chat_from_object({"messages": [*messages, {"role": "user", "content": "hi"}]})
+    assert request.system.startswith("rule 0\nrule 1\n")
+    assert request.system.count("\n") == 19_999

@@ -462,3 +462,56 @@ def test_classifier_inputs_from_a_request_agree(models: Twins) -> None:
         previous=json.dumps({"rows": [1, 2, 3], "note": "naïve café ✓"}),
     )
     _assert_same(models, request.system, request.previous, request.last)
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        ([1, 2], [0.5, 0.5], 9),  # label out of range
+        ([1, 2], [0.5, 0.5], -1),
+        ([1, 2], [0.5], 0),  # one value short
+        ([1, 1 << 12], [0.5, 0.5], 0),  # bucket past the table
+        ([-1], [0.5], 0),
+    ],
+    ids=["label-high", "label-negative", "lengths", "bucket-high", "bucket-negative"],
+)
+def test_train_epoch_refuses_bad_samples_alike(sample: tuple[list[int], list[float], int]) -> None:
+    """The compiled loop runs without bounds checks: a bad sample must be refused before it."""
+    assert COMPILED is not None
+    errors = []
+    for module in (COMPILED, pure):
+        size = (1 << 12) * N_CLASSES
+        weights, squares = array("d", bytes(8 * size)), array("d", [1e-6]) * size
+        bias, bias_squares = array("d", [0.0] * N_CLASSES), array("d", [1e-6] * N_CLASSES)
+        with pytest.raises(ValueError) as error:
+            module.train_epoch(weights, squares, bias, bias_squares, [sample], [0], N_CLASSES, 0.1, 0.0)
+        errors.append(str(error.value))
+        assert not any(weights)  # nothing was written
+    assert errors[0] == errors[1]
+
+
+def test_train_epoch_takes_any_iterable_order() -> None:
+    assert COMPILED is not None
+    losses = []
+    for module in (COMPILED, pure):
+        size = (1 << 12) * N_CLASSES
+        weights, squares = array("d", bytes(8 * size)), array("d", [1e-6]) * size
+        bias, bias_squares = array("d", [0.0] * N_CLASSES), array("d", [1e-6] * N_CLASSES)
+        samples = [([1, 2], [0.5, 0.5], 3), ([7], [1.0], 4)]
+        losses.append(
+            module.train_epoch(
+                weights, squares, bias, bias_squares, samples, iter([1, 0]), N_CLASSES, 0.1, 0.0
+            )
+        )
+    assert losses[0] == losses[1] > 0
+
+
+def test_huge_inputs_are_read_within_bounds(models: Twins) -> None:
+    """A megabyte-long word, trailing blanks or a single line: both twins stop at their windows
+    (and agree), so a huge body costs no more than a large one."""
+    compiled, python = models
+    for text in ("x" * 1_000_000, "summarise this\n" + " " * 500_000, "a " * 400_000 + "\n\nTL;DR?"):
+        assert compiled.features("", "", text) == python.features("", "", text)
+        assert COMPILED is not None
+        assert COMPILED.text_stats(text) == pure.text_stats(text)
+        assert pure.text_stats(text).chars == min(len(text), pure.STATS_LIMIT)

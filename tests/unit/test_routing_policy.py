@@ -657,3 +657,18 @@ def test_explain_errors(explain_config: Path, tmp_path: Path, capsys: pytest.Cap
     bad = write_config(tmp_path, {**TWO_TIERS, "routing": {"uncertain_tier": "gold"}}, "bad.yaml")
     assert main(["explain", "hi", "--config", str(bad)]) == 2
     assert "$.routing.uncertain_tier" in capsys.readouterr().err
+
+
+def test_explain_needs_a_prompt_or_a_request(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain"]) == 2
+    assert "needs a prompt" in capsys.readouterr().err
+
+
+def test_explain_takes_the_model_of_a_request_body(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "qwen-9b", "messages": [{"role": "user", "content": "hi"}]}))
+    assert main(["explain", "--request", str(body), "--json"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["pinned"] is True and decision["backend"] == "local-9b"

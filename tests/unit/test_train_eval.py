@@ -552,3 +552,41 @@ def test_cli_eval_scores_the_given_weights_even_with_the_classifier_off(
     config, weights, data = _eval_files(tmp_path, enabled=False)
     assert main(["eval", str(data), "--config", str(config), "--weights", str(weights)]) == 0
     assert "4 requests; accuracy 0.500" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("bias", "scale"),
+    [([float("nan")] + [0.0] * 8, 1.0), ([0.0] * 9, float("inf")), ([0.0] * 9, 0.0), ([0.0] * 9, -1.0)],
+    ids=["nan-bias", "inf-scale", "zero-scale", "negative-scale"],
+)
+def test_weights_that_would_poison_every_probability_are_refused(bias: list[float], scale: float) -> None:
+    """A NaN probability would pass every confidence check and send all traffic cheap."""
+    with pytest.raises(WeightsError, match="finite"):
+        Weights(list(CATEGORIES), bias, scale, bytes(2 * 9))
+
+
+def test_weights_with_junk_after_the_table_are_refused() -> None:
+    data = Weights(list(CATEGORIES), [0.0] * 9, 1.0, bytes(2 * 9)).to_bytes()
+    with pytest.raises(WeightsError, match="junk"):
+        Weights.from_bytes(data + b"extra")
+
+
+def test_an_unknown_format_is_named_as_such() -> None:
+    header = json.dumps({"format": 2}).encode()
+    with pytest.raises(WeightsError, match="unknown weights format 2"):
+        Weights.from_bytes(MAGIC + struct.pack("<I", len(header)) + header)
+
+
+def test_train_refuses_a_holdout_outside_0_to_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"label": "code", "prompt": "write a sort"}) + "\n")
+    assert main(["train", str(data), "--holdout", "-0.5", "-o", str(tmp_path / "w.tmxw")]) == 2
+    assert "--holdout" in capsys.readouterr().err
+
+
+def test_train_reports_an_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"label": "code", "prompt": "write a sort"}) + "\n")
+    out = tmp_path / "missing-dir" / "w.tmxw"
+    assert main(["train", str(data), "--epochs", "1", "--buckets", "1024", "-o", str(out)]) == 1
+    assert "cannot write" in capsys.readouterr().err

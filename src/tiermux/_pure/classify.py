@@ -6,21 +6,25 @@ softmax, policy) is plain Python in ``tiermux.routing``, shared by both twins.
 
 What is read, and why there:
 
-- the last user message, which sets the task: its first ``LAST_HEAD`` and last ``LAST_TAIL``
-  characters (the instruction sits before or after a pasted document, rarely in its middle, so a
-  long paste neither dilutes the features nor costs time);
+- the last user message, which sets the task: its instruction windows (``instruction_bounds``:
+  up to ``INSTRUCTION_SPAN`` characters at either end, cut at a paragraph or line break) and the
+  start and end of the content between them (``BODY_HEAD``, ``BODY_TAIL``): the instruction sits
+  before or after a pasted document, rarely in its middle, so a long paste neither dilutes the
+  features nor costs time;
 - the system prompt's first ``SYSTEM_HEAD`` characters (task-style system prompts);
 - the previous user turn's first ``PREVIOUS_HEAD`` characters (context for "now do the same");
 - the first words of the message and of its last line, as positional features ("summarise ...",
   "... Translate the above.").
 
-Features: lowercased word unigrams and bigrams, and character trigrams of words (with boundary
-marks) near the instruction windows, which carry morphology, typos and languages written without
-spaces. Each is hashed with FNV-1a over code points, seeded per region and kind, finished with
-murmur3's mixer and masked to the table size. Weights are int8, so sums are exact integers and
+Features: lowercased word unigrams and bigrams (ASCII digits folded to 0), and character
+trigrams of the first ``GRAM_WORDS`` words of each instruction window and of the system prompt,
+which carry morphology, typos and languages written without spaces. Each is hashed with FNV-1a
+over code points, seeded per region and kind, finished with murmur3's mixer and masked to the
+table size. Weights are int8, so sums are exact integers and
 the twins agree bit for bit.
 
-``text_stats`` scans the whole last message once for the cheap signals rules use.
+``text_stats`` scans the last message once (up to ``STATS_LIMIT``) for the structural signals.
+Every scan is bounded, so a huge body costs no more than a large one.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ SYSTEM_HEAD = 300
 PREVIOUS_HEAD = 200
 LEAD_WORDS = 4
 MAX_GRAMS_PER_WORD = 16  # bounds a long unspaced run (Chinese, Japanese, a URL)
+STATS_LIMIT = 1 << 16  # text_stats reads at most this many characters (signals are about shape)
 GRAM_WORDS = 32  # character trigrams for this many words of each window: the rest add cost, not sense
 MAX_CLASSES = 32
 
@@ -143,6 +148,9 @@ class TextStats:
 
 
 def text_stats(text: str) -> TextStats:
+    """Counts over the first ``STATS_LIMIT`` characters (``chars`` says how many were read)."""
+    if len(text) > STATS_LIMIT:
+        text = text[:STATS_LIMIT]
     chars = len(text)
     lines = 1 if chars else 0
     words = fences = code_punct = digits = math_ops = questions = 0
@@ -230,21 +238,17 @@ class Model:
     def predict(self, system: str, previous: str, last: str, extra: Sequence[int]) -> list[float]:
         """Class probabilities: softmax of ``bias + scale * sums / sqrt(count)``."""
         sums, count = self.score(system, previous, last, extra)
-        return _softmax(self, sums, count)
-
-
-def _softmax(self: Model, sums: list[int], count: int) -> list[float]:
-    factor = self._scale / math.sqrt(count) if count else 0.0
-    logits = [self._bias[c] + sums[c] * factor for c in range(self.n_classes)]
-    top = logits[0]
-    for x in logits:
-        if x > top:
-            top = x
-    total = 0.0
-    for c in range(self.n_classes):
-        logits[c] = math.exp(logits[c] - top)
-        total += logits[c]
-    return [e / total for e in logits]
+        factor = self._scale / math.sqrt(count) if count else 0.0
+        logits = [self._bias[c] + sums[c] * factor for c in range(self.n_classes)]
+        top = logits[0]
+        for x in logits:
+            if x > top:
+                top = x
+        total = 0.0
+        for c in range(self.n_classes):
+            logits[c] = math.exp(logits[c] - top)
+            total += logits[c]
+        return [e / total for e in logits]
 
 
 def train_epoch(
@@ -265,13 +269,19 @@ def train_epoch(
     start above zero. Updates are sparse: only the rows a sample touches move (L2 included).
     """
     nc = n_classes
+    if not 1 <= nc <= MAX_CLASSES:
+        raise ValueError(f"n_classes must be within 1..{MAX_CLASSES}")
+    n_buckets = len(weights) // nc
     probs = [0.0] * nc
     loss = 0.0
+    count = 0
     for i in order:
         buckets, values, label = samples[i]
+        _check_sample(buckets, values, label, nc, n_buckets)
+        count += 1
         for c in range(nc):
             probs[c] = bias[c]
-        for b, v in zip(buckets, values, strict=True):
+        for b, v in zip(buckets, values, strict=False):  # lengths checked above
             base = b * nc
             for c in range(nc):
                 probs[c] += weights[base + c] * v
@@ -288,12 +298,24 @@ def train_epoch(
             g = probs[c] - 1.0 if c == label else probs[c]
             bias_squares[c] += g * g
             bias[c] -= rate * g / math.sqrt(bias_squares[c])
-            for b, v in zip(buckets, values, strict=True):
+            for b, v in zip(buckets, values, strict=False):  # lengths checked above
                 k = b * nc + c
                 grad = g * v + l2 * weights[k]
                 squares[k] += grad * grad
                 weights[k] -= rate * grad / math.sqrt(squares[k])
-    return loss / len(order) if order else 0.0
+    return loss / count if count else 0.0
+
+
+def _check_sample(
+    buckets: Sequence[int], values: Sequence[float], label: int, nc: int, n_buckets: int
+) -> None:
+    if not 0 <= label < nc:
+        raise ValueError(f"label {label} is not a class index")
+    if len(buckets) != len(values):
+        raise ValueError("a sample needs one value per bucket")
+    for b in buckets:
+        if not 0 <= b < n_buckets:
+            raise ValueError(f"bucket {b} is outside the table")
 
 
 def instruction_bounds(text: str) -> tuple[int, int]:
@@ -307,9 +329,7 @@ def instruction_bounds(text: str) -> tuple[int, int]:
     if k < 0:
         k = text.find("\n", 0, span)
     head_end = k if k >= 0 else min(n, span)
-    end = n
-    while end > 0 and text[end - 1].isspace():
-        end -= 1
+    end = _trimmed_end(text)
     low = max(0, end - span)
     k = text.rfind("\n\n", low, end)
     if k < 0:
@@ -400,8 +420,9 @@ def _grams(out: list[int], text: str, start: int, end: int, seed: int) -> None:
 
 
 def _leads(out: list[int], text: str, start: int, seed: int) -> None:
-    """The first ``LEAD_WORDS`` words from ``start``, each seeded with its position."""
-    n = len(text)
+    """The first ``LEAD_WORDS`` words from ``start`` (within ``INSTRUCTION_SPAN``), each seeded
+    with its position."""
+    n = min(len(text), start + INSTRUCTION_SPAN)
     i = start
     for position in range(LEAD_WORDS):
         while i < n and not text[i].isalnum():
@@ -418,9 +439,17 @@ def _leads(out: list[int], text: str, start: int, seed: int) -> None:
 
 
 def _last_line_start(text: str) -> int:
-    """Where the last non-blank line starts, or 0 when the text is a single line."""
-    end = len(text)
-    while end > 0 and text[end - 1].isspace():
-        end -= 1
-    k = text.rfind("\n", 0, end)
+    """Where the last non-blank line starts, or 0 when the text is a single line (or the last
+    line is longer than ``INSTRUCTION_SPAN``)."""
+    end = _trimmed_end(text)
+    k = text.rfind("\n", max(0, end - INSTRUCTION_SPAN), end)
     return k + 1 if k >= 0 else 0
+
+
+def _trimmed_end(text: str) -> int:
+    """The end of ``text`` without trailing whitespace (at most ``INSTRUCTION_SPAN`` trimmed)."""
+    end = len(text)
+    stop = max(0, end - INSTRUCTION_SPAN)
+    while end > stop and text[end - 1].isspace():
+        end -= 1
+    return end

@@ -25,10 +25,10 @@ __all__ = [
 
 
 class RoutingFields(msgspec.Struct):
-    """What routing reads from an OpenAI request body."""
+    """The least a body must hold to be forwarded: its ``model`` (embeddings, and bodies whose
+    messages the classifier can't read; ``tiermux.routing.request`` reads the rest)."""
 
     model: str | None = None
-    stream: bool | None = None
 
 
 decode_routing_fields = msgspec.json.Decoder(RoutingFields).decode

@@ -1,4 +1,5 @@
-"""The nine task categories, and which of them a cheap model handles well by default."""
+"""The nine task categories, which of them a cheap model handles well by default, and the names
+of the structural signals the classifier reports (config refers to both)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,24 @@ CHEAP_BY_DEFAULT: frozenset[str] = frozenset(
 )
 # Multi-step or open-ended generation, where small models fall behind.
 CAPABLE_BY_DEFAULT: frozenset[str] = frozenset(CATEGORIES) - CHEAP_BY_DEFAULT
+
+# Every signal ``tiermux.routing.classifier.signals_of`` can name.
+SIGNALS: tuple[str, ...] = (
+    "tools",
+    "json_mode",
+    "image",
+    "system",
+    "multi_turn",
+    "code_fence",
+    "code_dense",
+    "math_dense",
+    "short",
+    "long",
+    "very_long",
+    "question",
+    "questions",
+    "multi_line",
+    "max_tokens_small",
+    "max_tokens_large",
+    "temperature_high",
+)

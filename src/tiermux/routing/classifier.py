@@ -1,14 +1,15 @@
 """The request classifier: category, confidence, complexity score and the signals that fired.
 
-Two parts, as a reviewer would want them:
+Three parts:
 
 - **signals**: structural facts read off the request (tools, JSON mode, code fences, code or
-  maths density, length, turns, ``max_tokens``...). Each becomes one more feature of the learned
-  model, so their weight is learned from data rather than guessed; two are unambiguous enough to be
-  hand-written rules on top (a fenced block of code is code; see ``_apply_rules``).
+  maths density, length, turns, ``max_tokens``...). Each becomes a feature of the learned model
+  (weighted ``SIGNAL_WEIGHT`` times), so their weight is learned from data rather than guessed;
 - **the learned model**: a linear model over hashed word and character n-grams of the instruction
   windows of the text (``tiermux._speedups.classify``), trained by ``tiermux train``; a softmax
-  over its logits gives the probabilities.
+  over its logits gives the probabilities;
+- **rules** for the two cases unambiguous enough to write down: a closed fence around code is
+  ``code``; an instruction that compares options and asks to pick one is ``reasoning``.
 
 The complexity score (0-100) is a transparent sum of capped parts (length, turns, code, maths,
 requested output, tools, and how likely the request is one of the hard categories), so that a
@@ -22,32 +23,12 @@ import re
 from collections.abc import Sequence
 
 from tiermux._speedups import classify
-from tiermux.routing.categories import CAPABLE_BY_DEFAULT, CATEGORIES
+from tiermux.routing.categories import CAPABLE_BY_DEFAULT, CATEGORIES, SIGNALS
 from tiermux.routing.request import RequestText
 from tiermux.routing.weights import Weights, WeightsError
 
 __all__ = ["SIGNALS", "Classification", "Classifier", "complexity", "signals_of"]
 
-# Every signal ``signals_of`` can name (policy config refers to them).
-SIGNALS: tuple[str, ...] = (
-    "tools",
-    "json_mode",
-    "image",
-    "system",
-    "multi_turn",
-    "code_fence",
-    "code_dense",
-    "math_dense",
-    "short",
-    "long",
-    "very_long",
-    "question",
-    "questions",
-    "multi_line",
-    "max_tokens_small",
-    "max_tokens_large",
-    "temperature_high",
-)
 
 # Each signal counts as this many features, so that a structural fact (JSON mode, tools, a code
 # fence) keeps its say next to the hundreds of text features of a long request.
@@ -174,14 +155,11 @@ class Classifier:
     def __repr__(self) -> str:
         return f"<Classifier classes={len(self.classes)} buckets={self._model.n_buckets}>"
 
-    def signal_buckets(self, names: Sequence[str]) -> list[int]:
-        return signal_buckets(names, self._signal_buckets)
-
     def classify(self, request: RequestText) -> Classification:
         stats = classify.text_stats(request.last)
         names = signals_of(request, stats)
         probs = self._model.predict(
-            request.system, request.previous, request.last, self.signal_buckets(names)
+            request.system, request.previous, request.last, signal_buckets(names, self._signal_buckets)
         )
         best = 0
         for i, p in enumerate(probs):

@@ -71,7 +71,8 @@ class Policy:
         category = classification.category
         i = self.index[self.category_tier[category]]
         reasons = [f"category={category}"]
-        if i < self.uncertain and self.tier_confidence(classification, i) < self.min_confidence:
+        # "not >=" rather than "<", so that a NaN counts as unsure.
+        if i < self.uncertain and not self.tier_confidence(classification, i) >= self.min_confidence:
             i = self.uncertain
             reasons.append("low_confidence")
         if (

@@ -42,7 +42,6 @@ class ChatFields(msgspec.Struct):
     """The fields of a chat completion that routing reads."""
 
     model: str | None = None
-    stream: bool | None = None
     messages: list[Message] = []
     tools: list[msgspec.Raw] | None = None
     functions: list[msgspec.Raw] | None = None
@@ -56,7 +55,6 @@ class CompletionFields(msgspec.Struct):
     """The fields of a legacy completion that routing reads."""
 
     model: str | None = None
-    stream: bool | None = None
     # A string, or a list of strings or of token ids (only strings are read).
     prompt: str | list[str | int | list[int]] | None = None
     max_tokens: int | None = None
@@ -121,7 +119,7 @@ def _text_of(content: str | list[ContentPart] | None) -> tuple[str, bool]:
 
 def from_chat(fields: ChatFields) -> RequestText:
     """The last user turn sets the task; system prompts and the turn before give context."""
-    system = ""
+    systems: list[str] = []
     last = previous = ""
     turns = total = 0
     image = tool_turns = False
@@ -140,13 +138,13 @@ def from_chat(fields: ChatFields) -> RequestText:
             previous, last = last, text
             turns += 1
         elif role == "system" or role == "developer":
-            system = text if not system else system + "\n" + text
+            systems.append(text)
         elif role == "tool" or role == "function":
             tool_turns = True
     response_format = fields.response_format
     return RequestText(
         last,
-        system,
+        systems[0] if len(systems) == 1 else "\n".join(systems),
         previous,
         turns=turns if turns else 1,
         total_chars=total,

@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tiermux.api.errors import ModelNotFound
-from tiermux.config import Config
+from tiermux.config import AUTO, Config
 
 __all__ = ["AUTO", "Resolver", "Route"]
-
-AUTO = "auto"
 
 
 class Route:

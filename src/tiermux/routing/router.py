@@ -67,11 +67,14 @@ class Router:
         return self.resolver.resolve(model)
 
     def tier_confidence(self, decision: Decision) -> float | None:
-        """How sure the classifier is that the request belongs on the decided tier or a cheaper
-        one (for explanations; the policy computes its own)."""
-        if decision.classification is None or decision.tier not in self.policy.index:
+        """What the policy compared with ``min_confidence``: how sure the classifier is that the
+        request belongs on its category's tier or a cheaper one (for explanations)."""
+        classification = decision.classification
+        if classification is None:
             return None
-        return self.policy.tier_confidence(decision.classification, self.policy.index[decision.tier])
+        policy = self.policy
+        tier = policy.category_tier[classification.category]
+        return policy.tier_confidence(classification, policy.index[tier])
 
     def decide(
         self,

@@ -30,7 +30,7 @@ class TrainOptions:
         buckets: int = 1 << 16,
         epochs: int = 12,
         rate: float = 0.4,
-        l2: float = 1e-5,
+        l2: float = 1e-4,
         seed: int = 7,
     ) -> None:
         if buckets < 2 or buckets & (buckets - 1):
@@ -59,7 +59,7 @@ class TrainOptions:
 
 def featurise(model: classify.Model, example: Example, label: int) -> Sample:
     """The sample the serving path would score: text buckets plus signal buckets, each distinct
-    bucket valued count / sqrt(total), as ``Classifier.logits`` scales its sums."""
+    bucket valued count / sqrt(total), as ``Model.predict`` scales its sums."""
     request = example.request
     names = signals_of(request, classify.text_stats(request.last))
     mask = model.n_buckets - 1

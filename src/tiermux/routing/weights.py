@@ -13,6 +13,7 @@ the same byte for byte.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from importlib import resources
@@ -45,6 +46,9 @@ class Weights:
     ) -> None:
         if len(bias) != len(classes):
             raise WeightsError("one bias per class is needed")
+        # A NaN here would make every probability NaN, and every confidence check pass.
+        if not all(math.isfinite(b) for b in bias) or not (math.isfinite(scale) and scale > 0):
+            raise WeightsError("biases and scale must be finite numbers (scale above 0)")
         if features_version != classify.FEATURES_VERSION:
             raise WeightsError(
                 f"trained with feature scheme {features_version}, this tiermux computes "
@@ -87,24 +91,24 @@ class Weights:
         (size,) = struct.unpack("<I", data[4:8])
         try:
             header = json.loads(data[8 : 8 + size])
-            table = zlib.decompress(data[8 + size :])
-            classes = header["classes"]
-            buckets = header["buckets"]
+            if not isinstance(header, dict):
+                raise WeightsError("corrupt weights file: the header is not an object")
             if header.get("format") != 1:
                 raise WeightsError(f"unknown weights format {header.get('format')!r}")
-            if len(table) != buckets * len(classes):
+            unpacker = zlib.decompressobj()
+            table = unpacker.decompress(data[8 + size :])
+            if not unpacker.eof or unpacker.unused_data:
+                raise WeightsError("corrupt weights file: the table is truncated or followed by junk")
+            classes = header["classes"]
+            meta = header.get("meta") or {}
+            if len(table) != header["buckets"] * len(classes):
                 raise WeightsError("the table does not match the header")
-            return cls(
-                classes,
-                header["bias"],
-                header["scale"],
-                table,
-                header.get("meta"),
-                header["features"],
-            )
+            if not isinstance(meta, dict):
+                raise WeightsError("corrupt weights file: meta is not an object")
+            return cls(classes, header["bias"], header["scale"], table, meta, header["features"])
+        except WeightsError:
+            raise
         except (KeyError, TypeError, ValueError, zlib.error) as exc:
-            if isinstance(exc, WeightsError):
-                raise
             raise WeightsError(f"corrupt weights file: {exc}") from None
 
     def save(self, path: str | Path) -> None:
