@@ -132,9 +132,20 @@ def standard_tree(
     return {
         "server": dict(server or {}),
         "backends": [
-            backend_entry("local-9b", vllm_url, VLLM_MODEL, timeout={"read": read_timeout}),
             backend_entry(
-                "frontier", cloud_url, CLOUD_MODEL, api_key_file=str(key_file), timeout={"read": read_timeout}
+                "local-9b",
+                vllm_url,
+                VLLM_MODEL,
+                timeout={"read": read_timeout},
+                price={"input": 0.005, "output": 0.005},
+            ),
+            backend_entry(
+                "frontier",
+                cloud_url,
+                CLOUD_MODEL,
+                api_key_file=str(key_file),
+                timeout={"read": read_timeout},
+                price={"input": 3.0, "output": 15.0},
             ),
         ],
         "tiers": {"cheap": ["local-9b", "frontier"], "capable": ["frontier"]},

@@ -24,6 +24,7 @@ from tiermux.config import Config, load_config
 from tiermux.proxy import ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
 from tiermux.upstream.backend import Backend
+from tiermux.upstream.health import Health
 
 __all__ = ["CONFIG_ENV", "TiermuxApp", "create_app"]
 
@@ -43,7 +44,8 @@ class TiermuxApp:
         self.router = Router(config)
         self.resolver = self.router.resolver
         self.backends = {b.name: Backend(b) for b in config.backends}
-        self.forwarder = Forwarder(self.router, self.backends, config.server.max_body_bytes)
+        self.health = Health(self.backends, config.health.failure_threshold, config.health.probe_interval)
+        self.forwarder = Forwarder(self.router, self.backends, config.server.max_body_bytes, self.health)
         # Probes stay open to the orchestrator; everything under /v1 needs a key when keys are set.
         self.authenticator = Authenticator(config.auth.keys) if config.auth.keys else None
         forward = self.forwarder
@@ -53,6 +55,7 @@ class TiermuxApp:
             "/v1/embeddings": {"POST": lambda s, r, w: forward("/embeddings", s, r, w)},
             "/v1/route": {"POST": self._route},
             "/v1/models": {"GET": self._models},
+            "/v1/backends": {"GET": self._backends},
             "/health": {"GET": self._health},
             "/ready": {"GET": self._ready},
         }
@@ -115,6 +118,11 @@ class TiermuxApp:
         confidence = self.router.tier_confidence(decision)
         await _send_json(send, 200, encode_decision(decision, first.config.model, confidence))
 
+    async def _backends(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Each backend's health as this worker sees it."""
+        body = msgspec.json.encode({"object": "list", "scope": "worker", "data": self.health.snapshot()})
+        await _send_json(send, 200, body)
+
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, b'{"status":"ok"}')
 
@@ -137,6 +145,7 @@ class TiermuxApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.health.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -144,6 +153,7 @@ class TiermuxApp:
                 return
 
     async def aclose(self) -> None:
+        await self.health.close()
         self.forwarder.disconnects.close()
         for backend in self.backends.values():
             await backend.aclose()

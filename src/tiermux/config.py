@@ -155,6 +155,15 @@ class RoutingConfig(_Strict, frozen=True):
     """Honour the ``X-Tiermux-Tier`` and ``X-Tiermux-Category`` request headers."""
 
 
+class HealthConfig(_Strict, frozen=True):
+    """When a backend counts as down, and how often down backends are probed again."""
+
+    failure_threshold: PositiveInt = 3
+    """Consecutive failures (connection error, timeout, 5xx) that mark a backend down."""
+    probe_interval: PositiveFloat = 5.0
+    """Seconds between probes of a down backend; one that connects is up again."""
+
+
 class AuthConfig(_Strict, frozen=True):
     """Who may use tiermux: clients send one of ``keys`` as ``Authorization: Bearer`` (or ``x-api-key``)."""
 
@@ -169,6 +178,7 @@ class Config(_Strict, frozen=True):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     routing: RoutingConfig = RoutingConfig()
+    health: HealthConfig = HealthConfig()
 
     @property
     def default_tier(self) -> str:

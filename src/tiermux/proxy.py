@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from tiermux.routing.request import RequestText, decode_chat, decode_completion,
 from tiermux.routing.router import Decision, Router
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
+from tiermux.upstream.health import Health
 
 __all__ = ["ClientDisconnected", "Forwarder"]
 
@@ -63,9 +65,12 @@ def _client_error(exc: UpstreamError, backend: Backend) -> UpstreamFailure:
 class Forwarder:
     """Forwards requests for the OpenAI endpoints that carry a ``model``."""
 
-    def __init__(self, router: Router, backends: dict[str, Backend], max_body_bytes: int) -> None:
+    def __init__(
+        self, router: Router, backends: dict[str, Backend], max_body_bytes: int, health: Health | None = None
+    ) -> None:
         self.router = router
         self.backends = backends
+        self.health = health or Health(backends)
         self.max_body_bytes = max_body_bytes
         # Every combination is built once; all parts come from config and fixed sets.
         self._route_headers: dict[tuple[str, str, str, int], list[tuple[bytes, bytes]]] = {}
@@ -122,6 +127,7 @@ class Forwarder:
         return self.router.decide(route, request, scope["headers"])
 
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        self.health.start()
         body = await self.receive_body(receive)
         decision = self.decide(endpoint, body, scope)
         try:
@@ -135,7 +141,10 @@ class Forwarder:
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
             else:
-                await self._relay_stream(response, headers, send)
+                try:
+                    await self._relay_stream(response, headers, send)
+                finally:
+                    self.health.finished(backend.name)
 
     async def _forward(
         self, chain: tuple[str, ...], endpoint: str, body: bytes, start: int, end: int
@@ -146,38 +155,56 @@ class Forwarder:
         while reading it still fails over; streams are returned with only their headers read.
         """
         head, tail = body[:start], body[end:]
-        last = len(chain) - 1
+        health = self.health
+        plan = health.plan(chain)
+        last = len(plan) - 1
         failure: ProxyError | None = None
-        for attempt, name in enumerate(chain):
+        for attempt, name in enumerate(plan):
             backend = self.backends[name]
+            started = time.monotonic()
+            health.started(name)
             try:
                 response = await backend.pool.request(
                     backend.serialise("POST", endpoint, head + backend.model_json + tail),
                     backend.read_timeout,
                 )
             except UpstreamError as exc:
+                health.finished(name)
+                health.record_failure(name, str(exc))
                 failure = _client_error(exc, backend)
-                logger.warning("backend %s: %s", name, exc)
+                logger.debug("backend %s: %s", name, exc)
                 continue
-            if attempt < last and response.status in _FAILOVER_STATUSES:
-                logger.warning("backend %s answered %d; trying the next one", name, response.status)
-                failure = None
-                with contextlib.suppress(UpstreamError):
-                    await response.read_all()  # drain, so the connection stays usable
-                response.close()
-                continue
+            except BaseException:
+                health.finished(name)
+                raise
+            if response.status >= 500:
+                health.record_failure(name, f"answered {response.status}")
+                if attempt < last and response.status in _FAILOVER_STATUSES:
+                    logger.debug("backend %s answered %d; trying the next one", name, response.status)
+                    failure = None
+                    health.finished(name)
+                    with contextlib.suppress(UpstreamError):
+                        await response.read_all()  # drain, so the connection stays usable
+                    response.close()
+                    continue
             if _is_stream(response):
-                return backend, response, None
+                if response.status < 500:
+                    health.record_success(name, time.monotonic() - started)
+                return backend, response, None  # in flight until the relay ends
             try:
                 payload = response.take_body()
                 if payload is None:
                     payload = await response.read_all()
             except UpstreamError as exc:
+                health.record_failure(name, str(exc))
                 failure = _client_error(exc, backend)
-                logger.warning("backend %s: %s", name, exc)
+                logger.debug("backend %s: %s", name, exc)
                 continue
             finally:
                 response.close()
+                health.finished(name)
+            if response.status < 500:
+                health.record_success(name, time.monotonic() - started)
             return backend, response, payload
         raise failure or BadGateway("no backend of the chain could answer")
 
