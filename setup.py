@@ -12,7 +12,7 @@ NO_EXTENSIONS = os.environ.get("TIERMUX_NO_EXTENSIONS", "") not in ("", "0")
 DEBUG = os.environ.get("TIERMUX_DEBUG_BUILD", "") not in ("", "0")
 
 # Each csrc/NAME.pyx becomes tiermux._ext.NAME; tiermux/_pure/NAME.py is its twin.
-COMPILED_MODULES = ["jsonscan", "h1client", "classify"]
+COMPILED_MODULES = ["jsonscan", "h1client", "classify", "atomics"]
 
 
 def extensions() -> list[Extension]:
@@ -22,7 +22,9 @@ def extensions() -> list[Extension]:
 
     compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
     modules = [
-        Extension(f"tiermux._ext.{name}", [f"csrc/{name}.pyx"], extra_compile_args=compile_args)
+        Extension(
+            f"tiermux._ext.{name}", [f"csrc/{name}.pyx"], include_dirs=["csrc"], extra_compile_args=compile_args
+        )
         for name in COMPILED_MODULES
     ]
     return cythonize(

@@ -12,31 +12,33 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ["COMPILED", "NO_EXTENSIONS", "classify", "h1client", "jsonscan"]
+__all__ = ["COMPILED", "NO_EXTENSIONS", "atomics", "classify", "h1client", "jsonscan"]
 
 NO_EXTENSIONS: bool = os.environ.get("TIERMUX_NO_EXTENSIONS", "") not in ("", "0")
 
 
-def _load() -> tuple[bool, ModuleType, ModuleType, ModuleType]:
+def _load() -> tuple[bool, ModuleType, ModuleType, ModuleType, ModuleType]:
     if not NO_EXTENSIONS:
         try:
+            from tiermux._ext import atomics as c_atomics
             from tiermux._ext import classify as c_classify
             from tiermux._ext import h1client as c_h1client
             from tiermux._ext import jsonscan as c_jsonscan
         except ImportError:
             pass
         else:
-            return True, c_jsonscan, c_h1client, c_classify
+            return True, c_jsonscan, c_h1client, c_classify, c_atomics
+    from tiermux._pure import atomics as py_atomics
     from tiermux._pure import classify as py_classify
     from tiermux._pure import h1client as py_h1client
     from tiermux._pure import jsonscan as py_jsonscan
 
-    return False, py_jsonscan, py_h1client, py_classify
+    return False, py_jsonscan, py_h1client, py_classify, py_atomics
 
 
 if TYPE_CHECKING:  # both twins share one interface; type-check against the pure one
-    from tiermux._pure import classify, h1client, jsonscan
+    from tiermux._pure import atomics, classify, h1client, jsonscan
 
     COMPILED: bool
 else:
-    COMPILED, jsonscan, h1client, classify = _load()
+    COMPILED, jsonscan, h1client, classify, atomics = _load()

@@ -23,6 +23,7 @@ from tiermux.api.wire import ModelCard, ModelList, encode_decision
 from tiermux.config import Config, load_config
 from tiermux.proxy import ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
+from tiermux.state import open_segment
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.health import Health
 
@@ -44,7 +45,13 @@ class TiermuxApp:
         self.router = Router(config)
         self.resolver = self.router.resolver
         self.backends = {b.name: Backend(b) for b in config.backends}
-        self.health = Health(self.backends, config.health.failure_threshold, config.health.probe_interval)
+        self.segment = open_segment(config)
+        self.health = Health(
+            self.backends,
+            self.segment.cells("health"),
+            config.health.failure_threshold,
+            config.health.probe_interval,
+        )
         self.forwarder = Forwarder(self.router, self.backends, config.server.max_body_bytes, self.health)
         # Probes stay open to the orchestrator; everything under /v1 needs a key when keys are set.
         self.authenticator = Authenticator(config.auth.keys) if config.auth.keys else None
@@ -119,8 +126,8 @@ class TiermuxApp:
         await _send_json(send, 200, encode_decision(decision, first.config.model, confidence))
 
     async def _backends(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Each backend's health as this worker sees it."""
-        body = msgspec.json.encode({"object": "list", "scope": "worker", "data": self.health.snapshot()})
+        """Each backend's health, shared by every worker of this serve."""
+        body = msgspec.json.encode({"object": "list", "data": self.health.snapshot()})
         await _send_json(send, 200, body)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,6 +161,7 @@ class TiermuxApp:
 
     async def aclose(self) -> None:
         await self.health.close()
+        self.segment.close(remove=False)  # the segment is its serve's to remove
         self.forwarder.disconnects.close()
         for backend in self.backends.values():
             await backend.aclose()

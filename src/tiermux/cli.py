@@ -48,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     from tiermux.server import serve
+    from tiermux.state import SegmentError
 
     server = config.server
     host = args.host or server.host
@@ -55,15 +56,19 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"tiermux: refusing to start: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    serve(
-        Path(args.config).resolve(),
-        host=host,
-        port=args.port or server.port,
-        workers=args.workers or server.workers or os.cpu_count() or 1,
-        drain_timeout=server.drain_timeout,
-        backlog=server.backlog,
-        log_level=args.log_level,
-    )
+    try:
+        serve(
+            Path(args.config).resolve(),
+            host=host,
+            port=args.port or server.port,
+            workers=args.workers or server.workers or os.cpu_count() or 1,
+            drain_timeout=server.drain_timeout,
+            backlog=server.backlog,
+            log_level=args.log_level,
+        )
+    except SegmentError as exc:  # another tiermux already serves this port's state
+        print(f"tiermux: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

@@ -66,11 +66,11 @@ class Forwarder:
     """Forwards requests for the OpenAI endpoints that carry a ``model``."""
 
     def __init__(
-        self, router: Router, backends: dict[str, Backend], max_body_bytes: int, health: Health | None = None
+        self, router: Router, backends: dict[str, Backend], max_body_bytes: int, health: Health
     ) -> None:
         self.router = router
         self.backends = backends
-        self.health = health or Health(backends)
+        self.health = health
         self.max_body_bytes = max_body_bytes
         # Every combination is built once; all parts come from config and fixed sets.
         self._route_headers: dict[tuple[str, str, str, int], list[tuple[bytes, bytes]]] = {}

@@ -6,12 +6,16 @@ config path from the environment, which they inherit from this process.
 
 On SIGTERM or SIGINT Granian stops accepting connections and lets each worker finish the
 requests it holds; a worker still busy after ``drain_timeout`` seconds is killed.
+
+The shared-state segment (``tiermux.state``) is created here, before any worker starts, so that
+every worker (a respawned one too) attaches the same one; it is removed when ``serve`` returns.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from tiermux.app import CONFIG_ENV
@@ -33,7 +37,13 @@ def serve(
     from granian.log import LogLevels
     from granian.server import Server
 
+    from tiermux.config import load_config
+    from tiermux.state import STATE_ENV, Segment, layout_for
+
     os.environ[CONFIG_ENV] = str(config_path)
+    state_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    segment = Segment.create(Path(state_dir) / f"tiermux-{port}.state", layout_for(load_config(config_path)))
+    os.environ[STATE_ENV] = str(segment.path)
     server = Server(
         "tiermux.app:create_app",
         factory=True,
@@ -47,4 +57,7 @@ def serve(
         respawn_failed_workers=True,
         log_level=LogLevels(log_level),
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        segment.close(remove=True)

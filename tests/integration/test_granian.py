@@ -122,3 +122,39 @@ def test_workers_are_separate_processes(server: ServerProcess) -> None:
     assert server.proc is not None
     assert server.proc.pid not in workers
     assert all(os.getpgid(pid) == server.proc.pid for pid in workers)
+
+
+def test_workers_share_backend_health(tmp_path: Path, vllm: BackendHandle) -> None:
+    """A dead backend is marked down once for the whole server: its failures are counted in the
+    shared segment, whichever worker saw them, and every worker then skips it."""
+    from tests.support import backend_entry, closed_port_url
+
+    tree = {
+        "backends": [
+            backend_entry("dead", closed_port_url(), "m", price={"input": 0.001, "output": 0.001}),
+            backend_entry(
+                "local-9b", vllm.url, vllm.backend.options.model, price={"input": 0.01, "output": 0.01}
+            ),
+        ],
+        "tiers": {"cheap": ["dead", "local-9b"]},
+        "routing": {"classifier": {"enabled": False}},
+        "health": {"failure_threshold": 3, "probe_interval": 600},
+    }
+    path = write_config(tmp_path, tree)
+    with ServerProcess(path, tmp_path / "serve.log", workers=2) as server:
+        state_files = [p for p in os.listdir("/dev/shm") if p == f"tiermux-{server.port}.state"]
+        assert state_files, "serve creates its segment before the workers start"
+        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(20):  # a fresh connection each time, so that both workers take some
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert client.post("/v1/chat/completions", json=body).status_code == 200
+        views = []
+        for _ in range(6):
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                views.append({row["name"]: row for row in client.get("/v1/backends").json()["data"]})
+        for view in views:
+            assert view["dead"]["status"] == "down"
+            assert view["dead"]["errors"] == 3  # not three per worker
+            assert view["local-9b"]["requests"] == 20  # every worker's requests, summed
+            assert view["local-9b"]["in_flight"] == 0
+    assert not os.path.exists(f"/dev/shm/tiermux-{server.port}.state"), "serve removes it on exit"

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import tiermux._pure.atomics as pure_atomics
 import tiermux._pure.classify as pure_classify
 import tiermux._pure.h1client as pure_h1client
 import tiermux._pure.jsonscan as pure_jsonscan
@@ -27,6 +28,7 @@ def _compiled_available() -> bool:
         importlib.import_module("tiermux._ext.jsonscan")
         importlib.import_module("tiermux._ext.h1client")
         importlib.import_module("tiermux._ext.classify")
+        importlib.import_module("tiermux._ext.atomics")
     except ImportError:
         return False
     return True
@@ -40,6 +42,7 @@ def test_compiled_extensions_are_loaded() -> None:
         (_speedups.jsonscan, "jsonscan"),
         (_speedups.h1client, "h1client"),
         (_speedups.classify, "classify"),
+        (_speedups.atomics, "atomics"),
     ):
         assert module.__name__ == f"tiermux._ext.{name}"
         assert module.__file__ is not None
@@ -58,6 +61,7 @@ def test_pure_twins_are_loaded() -> None:
     assert _speedups.jsonscan is pure_jsonscan
     assert _speedups.h1client is pure_h1client
     assert _speedups.classify is pure_classify
+    assert _speedups.atomics is pure_atomics
     assert pool.h1client is pure_h1client
     assert type(load_weights().model) is pure_classify.Model
 
@@ -67,6 +71,7 @@ def test_compiled_flag_matches_the_modules() -> None:
     assert _speedups.jsonscan.__name__.startswith(prefix)
     assert _speedups.h1client.__name__.startswith(prefix)
     assert _speedups.classify.__name__.startswith(prefix)
+    assert _speedups.atomics.__name__.startswith(prefix)
 
 
 def test_twins_share_names_and_exceptions() -> None:

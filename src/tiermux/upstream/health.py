@@ -1,14 +1,15 @@
 """Backend health: circuit breaking, the order a chain is tried in, and re-probing.
 
-Decisions are sync and pure (``plan``, ``record_*``); the only I/O is the probe loop, which asks
-each down backend's pool whether it can connect. The state lives in this worker for now: each
-worker learns about a failing backend from its own requests.
+Decisions are sync (``plan``, ``record_*``); the only I/O is the probe loop, which asks each down
+backend's pool whether it can connect. The state lives in shared cells (``tiermux.state``), so
+every worker process of a ``serve`` sees the same health: one worker's failures mark a backend
+down for all of them, and one probe brings it back for all.
 
 - **Down**: ``failure_threshold`` consecutive failures (connection error, timeout, 5xx answer)
   mark a backend down; one success brings it back.
 - **Re-probing**: every ``probe_interval`` seconds each down backend, cloud or local, is probed
-  (a TCP/TLS connection); a backend that answers goes back into rotation, so nothing stays down
-  forever.
+  (a TCP/TLS connection) by one worker (whichever takes the backend's probe turn first); a backend
+  that answers goes back into rotation, so nothing stays down forever.
 - **Order**: within a chain, backends that are up come first, cheapest first; backends of equal
   price are balanced by least in-flight requests, and a saturated one (in-flight at its pool's
   ``max_connections``) waits behind the others. A pricier backend is used only when the cheaper
@@ -22,94 +23,110 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+from tiermux._speedups import atomics
+from tiermux.state import HEALTH_FIELDS
 from tiermux.upstream.backend import Backend
 
 __all__ = ["BackendHealth", "Health"]
 
 logger = logging.getLogger("tiermux.health")
 
+# Cells of a backend, in its block of HEALTH_FIELDS.
+FAILURES, DOWN_SINCE_MS, NEXT_PROBE_MS, IN_FLIGHT, REQUESTS, ERRORS, LATENCY_US, PROBING = range(8)
+assert HEALTH_FIELDS == 8
+
 # Weight of the newest sample in the latency average (about the last ten requests).
 EWMA_ALPHA = 0.1
 
 
+def _now_ms() -> int:
+    # Wall-clock, not monotonic: cells are compared across processes.
+    return int(time.time() * 1000)
+
+
 class BackendHealth:
-    """What this worker knows about one backend."""
+    """One backend's cells, and the decisions that read them."""
 
-    __slots__ = (
-        "capacity",
-        "consecutive_failures",
-        "down_since",
-        "errors",
-        "in_flight",
-        "latency_ewma",
-        "name",
-        "price",
-        "probing",
-        "requests",
-    )
+    __slots__ = ("_base", "_cells", "capacity", "name", "price")
 
-    def __init__(self, name: str, price: float, capacity: int) -> None:
+    def __init__(self, name: str, price: float, capacity: int, cells: atomics.Cells, base: int) -> None:
         self.name = name
         self.price = price
         self.capacity = capacity
-        self.consecutive_failures = 0
-        self.down_since: float | None = None
-        self.probing = False
-        self.in_flight = 0
-        self.requests = 0
-        self.errors = 0
-        self.latency_ewma: float | None = None
+        self._cells = cells
+        self._base = base
 
     def __repr__(self) -> str:
         return (
-            f"<BackendHealth {self.name} {self.status} failures={self.consecutive_failures} "
-            f"in_flight={self.in_flight}>"
+            f"<BackendHealth {self.name} {self.status} failures={self.failures} in_flight={self.in_flight}>"
         )
+
+    def _load(self, field: int) -> int:
+        return self._cells.load(self._base + field)
+
+    @property
+    def down(self) -> bool:
+        return self._load(DOWN_SINCE_MS) != 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._load(IN_FLIGHT)
+
+    @property
+    def failures(self) -> int:
+        return self._load(FAILURES)
 
     @property
     def status(self) -> str:
-        if self.down_since is None:
+        if not self.down:
             return "up"
-        return "probing" if self.probing else "down"
+        return "probing" if self._load(PROBING) else "down"
 
     def as_dict(self) -> dict[str, object]:
+        latency = self._load(LATENCY_US)
         return {
             "name": self.name,
             "status": self.status,
             "in_flight": self.in_flight,
-            "latency_ewma_ms": None if self.latency_ewma is None else round(self.latency_ewma * 1000, 3),
-            "consecutive_failures": self.consecutive_failures,
-            "requests": self.requests,
-            "errors": self.errors,
+            "latency_ewma_ms": round(latency / 1000, 3) if latency else None,
+            "consecutive_failures": self.failures,
+            "requests": self._load(REQUESTS),
+            "errors": self._load(ERRORS),
         }
 
 
 class Health:
-    """The health of every backend, as this worker sees it."""
+    """The health of every backend, shared by the worker processes."""
 
     def __init__(
         self,
         backends: Mapping[str, Backend],
+        cells: atomics.Cells,
         failure_threshold: int = 3,
         probe_interval: float = 5.0,
     ) -> None:
+        if cells.count < HEALTH_FIELDS * len(backends):
+            raise ValueError("not enough cells for every backend")
         self.backends = backends
         self.failure_threshold = failure_threshold
         self.probe_interval = probe_interval
+        self._cells = cells
         self.state = {
             name: BackendHealth(
                 name,
                 backend.config.price.input + backend.config.price.output,
                 backend.config.max_connections,
+                cells,
+                i * HEALTH_FIELDS,
             )
-            for name, backend in backends.items()
+            for i, (name, backend) in enumerate(backends.items())
         }
         self._prober: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        down = [s.name for s in self.state.values() if s.down_since is not None]
+        down = [s.name for s in self.state.values() if s.down]
         return f"<Health threshold={self.failure_threshold} down={down}>"
 
     # --- decisions -----------------------------------------------------------------------------
@@ -117,7 +134,7 @@ class Health:
     def plan(self, chain: Sequence[str]) -> list[str]:
         """The order to try ``chain`` in (see the module docstring)."""
         state = self.state
-        up = [name for name in chain if state[name].down_since is None]
+        up = [name for name in chain if not state[name].down]
         if not up:
             return list(chain)
         if len(up) > 1:
@@ -125,47 +142,59 @@ class Health:
 
             def key(name: str) -> tuple[bool, float, int, int]:
                 s = state[name]
-                return (s.in_flight >= s.capacity, s.price, s.in_flight, position[name])
+                in_flight = s.in_flight
+                return (in_flight >= s.capacity, s.price, in_flight, position[name])
 
             up.sort(key=key)
         return up
 
     def started(self, name: str) -> None:
         s = self.state[name]
-        s.in_flight += 1
-        s.requests += 1
+        self._cells.add(s._base + IN_FLIGHT, 1)
+        self._cells.add(s._base + REQUESTS, 1)
 
     def finished(self, name: str) -> None:
-        self.state[name].in_flight -= 1
+        self._cells.add(self.state[name]._base + IN_FLIGHT, -1)
 
     def record_success(self, name: str, latency: float) -> None:
-        s = self.state[name]
-        s.consecutive_failures = 0
-        ewma = s.latency_ewma
-        s.latency_ewma = latency if ewma is None else ewma + EWMA_ALPHA * (latency - ewma)
-        if s.down_since is not None:
-            self._mark_up(s, "answered a request")
+        cells = self._cells
+        base = self.state[name]._base
+        if cells.load(base + FAILURES):
+            cells.store(base + FAILURES, 0)
+        sample = max(1, int(latency * 1_000_000))
+        for _ in range(4):  # a lost race costs one sample of an average, never more
+            old = cells.load(base + LATENCY_US)
+            new = sample if old == 0 else old + int(EWMA_ALPHA * (sample - old))
+            if cells.compare_exchange(base + LATENCY_US, old, new):
+                break
+        down_since = cells.load(base + DOWN_SINCE_MS)
+        if down_since and cells.compare_exchange(base + DOWN_SINCE_MS, down_since, 0):
+            self._came_back(name, down_since, "answered a request")
 
     def record_failure(self, name: str, reason: str) -> None:
-        s = self.state[name]
-        s.errors += 1
-        s.consecutive_failures += 1
-        if s.down_since is None and s.consecutive_failures >= self.failure_threshold:
-            s.down_since = time.monotonic()
-            logger.warning(
-                "backend %s is down after %d consecutive failures (last: %s); re-probing every %gs",
-                name,
-                s.consecutive_failures,
-                reason,
-                self.probe_interval,
-            )
+        cells = self._cells
+        base = self.state[name]._base
+        cells.add(base + ERRORS, 1)
+        failures = cells.add(base + FAILURES, 1)
+        if failures >= self.failure_threshold:
+            now = _now_ms()
+            # One worker wins the transition and says so; the others see it done.
+            if cells.compare_exchange(base + DOWN_SINCE_MS, 0, now):
+                cells.store(base + NEXT_PROBE_MS, now + int(self.probe_interval * 1000))
+                logger.warning(
+                    "backend %s is down after %d consecutive failures (last: %s); re-probing every %gs",
+                    name,
+                    failures,
+                    reason,
+                    self.probe_interval,
+                )
 
-    def _mark_up(self, s: BackendHealth, why: str) -> None:
-        down_for = time.monotonic() - (s.down_since or time.monotonic())
-        s.down_since = None
-        s.probing = False
-        s.consecutive_failures = 0
-        logger.warning("backend %s is up again (%s, after %.1fs down)", s.name, why, down_for)
+    def _came_back(self, name: str, down_since: int, why: str) -> None:
+        base = self.state[name]._base
+        self._cells.store(base + FAILURES, 0)
+        self._cells.store(base + PROBING, 0)
+        seconds = (_now_ms() - down_since) / 1000
+        logger.warning("backend %s is up again (%s, after %.1fs down)", name, why, seconds)
 
     def snapshot(self) -> list[dict[str, object]]:
         return [self.state[name].as_dict() | {"model": self.backends[name].model} for name in self.state]
@@ -185,22 +214,38 @@ class Health:
             self._prober = None
 
     async def _probe_forever(self) -> None:
+        # Wake often enough to take a probe turn on time; the turns themselves are shared.
+        period = min(self.probe_interval, 1.0) / 2
         while True:
-            await asyncio.sleep(self.probe_interval)
-            await self.probe_down(self.state.values())
+            await asyncio.sleep(period)
+            await self.probe_due()
 
-    async def probe_down(self, states: Iterable[BackendHealth]) -> None:
-        """Probe every down backend once; the ones that connect are up again."""
-        down = [s for s in states if s.down_since is not None]
-        if not down:
+    def _take_probe_turn(self, s: BackendHealth, now: int) -> bool:
+        """Whether this worker probes ``s`` now: it is down, its turn has come, and no other
+        worker took the turn first."""
+        cells = self._cells
+        if not cells.load(s._base + DOWN_SINCE_MS):
+            return False
+        due = cells.load(s._base + NEXT_PROBE_MS)
+        if now < due:
+            return False
+        return cells.compare_exchange(s._base + NEXT_PROBE_MS, due, now + int(self.probe_interval * 1000))
+
+    async def probe_due(self, now: int | None = None) -> None:
+        """Probe every down backend whose turn has come; the ones that connect are up again."""
+        now = _now_ms() if now is None else now
+        due = [s for s in self.state.values() if self._take_probe_turn(s, now)]
+        if not due:
             return
-        for s in down:
-            s.probing = True
+        cells = self._cells
+        for s in due:
+            cells.store(s._base + PROBING, 1)
         results = await asyncio.gather(
-            *(self.backends[s.name].pool.probe() for s in down), return_exceptions=True
+            *(self.backends[s.name].pool.probe() for s in due), return_exceptions=True
         )
-        for s, ok in zip(down, results, strict=True):
-            if ok is True and s.down_since is not None:
-                self._mark_up(s, "probe connected")
+        for s, ok in zip(due, results, strict=True):
+            down_since = cells.load(s._base + DOWN_SINCE_MS)
+            if ok is True and down_since and cells.compare_exchange(s._base + DOWN_SINCE_MS, down_since, 0):
+                self._came_back(s.name, down_since, "probe connected")
             else:
-                s.probing = False
+                cells.store(s._base + PROBING, 0)

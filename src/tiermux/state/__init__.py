@@ -1,0 +1,28 @@
+"""State shared by the worker processes of one ``tiermux serve`` (see ``segment``)."""
+
+from __future__ import annotations
+
+import os
+
+from tiermux.config import Config
+from tiermux.state.segment import STATE_ENV, Layout, Segment, SegmentError
+
+__all__ = ["HEALTH_FIELDS", "STATE_ENV", "Layout", "Segment", "SegmentError", "layout_for", "open_segment"]
+
+# Cells per backend in the "health" block (see tiermux.upstream.health).
+HEALTH_FIELDS = 8
+
+
+def layout_for(config: Config) -> Layout:
+    names = [backend.name for backend in config.backends]
+    return Layout({"health": HEALTH_FIELDS * len(names)}, [f"backends={','.join(names)}"])
+
+
+def open_segment(config: Config) -> Segment:
+    """The segment of the ``serve`` this worker belongs to, or a private one when there is none
+    (the app built in process)."""
+    path = os.environ.get(STATE_ENV)
+    layout = layout_for(config)
+    if path:
+        return Segment.attach(path, layout)
+    return Segment.anonymous(layout)
