@@ -142,7 +142,7 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": payload})
             else:
                 try:
-                    await self._relay_stream(response, headers, send)
+                    await self._relay_stream(response, headers, send, backend.name)
                 finally:
                     self.health.finished(backend.name)
 
@@ -209,7 +209,7 @@ class Forwarder:
         raise failure or BadGateway("no backend of the chain could answer")
 
     async def _relay_stream(
-        self, response: h1client.Response, headers: list[tuple[bytes, bytes]], send: Send
+        self, response: h1client.Response, headers: list[tuple[bytes, bytes]], send: Send, backend: str
     ) -> None:
         """Relay chunk by chunk as they arrive; a broken stream ends with an SSE error event."""
         try:
@@ -218,7 +218,8 @@ class Forwarder:
                 try:
                     chunk = await response.read()
                 except UpstreamError as exc:
-                    logger.warning("stream broken by the backend: %s", exc)
+                    logger.warning("stream broken by backend %s: %s", backend, exc)
+                    self.health.record_failure(backend, f"stream broke: {exc}")
                     error = BadGateway(f"the backend stream broke: {exc}")
                     await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
                     break

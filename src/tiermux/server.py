@@ -42,7 +42,8 @@ def serve(
 
     os.environ[CONFIG_ENV] = str(config_path)
     state_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    segment = Segment.create(Path(state_dir) / f"tiermux-{port}.state", layout_for(load_config(config_path)))
+    name = f"tiermux-{os.getuid()}-{port}.state"  # one per user and port: /dev/shm is shared
+    segment = Segment.create(Path(state_dir) / name, layout_for(load_config(config_path)))
     os.environ[STATE_ENV] = str(segment.path)
     server = Server(
         "tiermux.app:create_app",

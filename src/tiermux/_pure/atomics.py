@@ -1,15 +1,22 @@
 """Pure-Python twin of ``tiermux._ext.atomics``: 64-bit cells shared by processes.
 
 The compiled twin uses C11 atomics on the mapped memory. Python has no atomic read-modify-write on
-a mapping, so here each one holds an ``fcntl`` lock on the cell's 8 bytes of the backing file
-for its duration: slower, but just as safe between processes (the locks are advisory and every
-writer takes them). Plain loads and stores of an aligned 8-byte cell need no lock.
+a mapping, so here every write holds an ``fcntl`` lock on the cell's 8 bytes of the backing file
+for its duration: slower, and as safe between processes as the compiled twin while every writer
+takes the lock (they are advisory). Loads need none: an aligned 8-byte copy is not torn on the
+platforms tiermux runs on.
+
+``fcntl`` locks belong to a process and are dropped when it closes *any* descriptor of the file,
+so the cells lock through a duplicate descriptor of their own, and are used from one thread (the
+event loop's) at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
+import os
 import struct
 
 __all__ = ["CELL_SIZE", "Cells"]
@@ -28,8 +35,12 @@ class Cells:
             raise ValueError("the cells do not fit in the mapping")
         self._memory = memory
         self._offset = offset
-        self._fd = fd
+        self._fd = os.dup(fd)
         self.count = count
+
+    def __del__(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.close(self._fd)
 
     def __repr__(self) -> str:
         return f"<Cells {self.count} at {self._offset}>"
@@ -44,7 +55,12 @@ class Cells:
         return value
 
     def store(self, index: int, value: int) -> None:
-        _CELL.pack_into(self._memory, self._at(index), value)
+        at = self._at(index)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, CELL_SIZE, at)
+        try:
+            _CELL.pack_into(self._memory, at, value)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, CELL_SIZE, at)
 
     def add(self, index: int, delta: int) -> int:
         """Add ``delta``; the value after."""

@@ -10,7 +10,7 @@ from tiermux.state.segment import STATE_ENV, Layout, Segment, SegmentError
 __all__ = ["HEALTH_FIELDS", "STATE_ENV", "Layout", "Segment", "SegmentError", "layout_for", "open_segment"]
 
 # Cells per backend in the "health" block (see tiermux.upstream.health).
-HEALTH_FIELDS = 8
+HEALTH_FIELDS = 7
 
 
 def layout_for(config: Config) -> Layout:

@@ -16,14 +16,15 @@ Layout, version 1 (native byte order; everything after the header is 64-bit cell
     64       cells
 
 A segment with another magic, version or digest is refused with a message saying why (another
-tiermux with another config on the same port, or an older tiermux), never silently reused. All
+tiermux with another config on the same port, or an older tiermux), never silently reused; so is
+one that a running ``serve`` holds (its ``flock``). All
 updates are single-cell atomic operations (``tiermux._speedups.atomics``), so a worker that dies
 mid-request leaves no cell half-written.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import hashlib
 import mmap
 import os
@@ -75,6 +76,7 @@ class Segment:
         self.owner = owner
         self._fd = fd
         self._memory = memory
+        self._closed = False
         self._blocks = {
             name: atomics.Cells(memory, HEADER_SIZE + 8 * layout.offsets[name], count, fd)
             for name, count in layout.blocks.items()
@@ -90,24 +92,27 @@ class Segment:
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], layout: Layout) -> Segment:
-        """Create the segment for a ``serve`` (refusing one another live tiermux holds)."""
+        """Create the segment for a ``serve``, refusing one that another live tiermux holds.
+
+        Liveness is an exclusive ``flock`` the creating ``serve`` holds on the file for its whole
+        life (not a pid, which can be reused): a file nobody holds is stale and replaced.
+        """
         path = os.fspath(path)
-        if os.path.exists(path):
-            try:
-                existing = _read_header(path)
-            except SegmentError:
-                existing = None
-            if existing is not None and _alive(existing[3]) and existing[3] != os.getpid():
-                raise SegmentError(
-                    f"{path} belongs to a running tiermux (pid {existing[3]}); stop it or use another port"
-                )
-            os.unlink(path)  # stale: its serve is gone
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SegmentError(f"{path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SegmentError(f"{path} belongs to a running tiermux; stop it or use another port") from None
+        try:
+            os.ftruncate(fd, 0)  # whatever a dead serve left is gone
             return cls._initialise(path, fd, layout)
         except BaseException:
             os.close(fd)
-            os.unlink(path)
+            Path(path).unlink(missing_ok=True)
             raise
 
     @classmethod
@@ -144,12 +149,17 @@ class Segment:
         return cls(path, fd, mmap.mmap(fd, size), layout, owner=False)
 
     def close(self, remove: bool | None = None) -> None:
-        """Unmap; the owner (or ``remove=True``) also deletes the file."""
+        """Let go of the segment; the owner (or ``remove=True``) also deletes the file.
+
+        Cells handed out keep working until they are dropped (they hold the mapping, and the pure
+        ones their own descriptor): a stream still finishing during shutdown may update them.
+        The mapping itself is unmapped when its last user is gone. Calling it twice is harmless.
+        """
+        if self._closed:
+            return
+        self._closed = True
         self._blocks.clear()
-        # A compiled Cells still held elsewhere keeps a view; the mapping then goes with it.
-        with contextlib.suppress(BufferError):
-            self._memory.close()
-        os.close(self._fd)
+        os.close(self._fd)  # also releases the owner's flock, after the unlink below
         if self.path is not None and (self.owner if remove is None else remove):
             Path(self.path).unlink(missing_ok=True)
 
@@ -166,13 +176,3 @@ def _read_header(path: str) -> tuple[bytes, int, bytes, int]:
     if magic != MAGIC:
         raise SegmentError(f"{path}: not a tiermux state segment")
     return magic, version, digest, pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

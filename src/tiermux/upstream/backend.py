@@ -7,6 +7,7 @@ one concatenation of bytes.
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import msgspec
@@ -14,6 +15,7 @@ import msgspec
 from tiermux import __version__
 from tiermux._speedups import h1client
 from tiermux.config import BackendConfig, read_api_key
+from tiermux.upstream.errors import UpstreamError
 from tiermux.upstream.pool import ConnectionPool, Origin
 
 __all__ = ["Backend"]
@@ -71,6 +73,22 @@ class Backend:
         return b"".join(
             (self._request_line(method, endpoint), self._fixed_headers, extra_headers, length, b"\r\n", body)
         )
+
+    async def probe(self, timeout: float | None = None) -> bool:
+        """Whether the backend answers a real request (``GET .../models``, with its key) with a
+        status below 500 within ``timeout`` (default: its connect timeout plus up to 10 s)."""
+        if timeout is None:
+            timeout = self.config.timeout.connect + min(self.read_timeout, 10.0)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.send("GET", "/models", b"")
+                try:
+                    await response.read_all()
+                finally:
+                    response.close()
+        except (TimeoutError, UpstreamError):
+            return False
+        return response.status < 500
 
     async def send(
         self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b""

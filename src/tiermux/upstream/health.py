@@ -1,18 +1,20 @@
 """Backend health: circuit breaking, the order a chain is tried in, and re-probing.
 
-Decisions are sync (``plan``, ``record_*``); the only I/O is the probe loop, which asks each down
-backend's pool whether it can connect. The state lives in shared cells (``tiermux.state``), so
-every worker process of a ``serve`` sees the same health: one worker's failures mark a backend
-down for all of them, and one probe brings it back for all.
+Decisions are sync (``plan``, ``record_*``); the only I/O is the probe loop, which sends each
+down backend a real request. Up/down state, failures and counters live in shared cells
+(``tiermux.state``), so every worker process of a ``serve`` sees the same health: one worker's
+failures mark a backend down for all of them, and one probe brings it back for all. In-flight
+counts stay in each worker, next to the worker's own connection pool they are compared with (and
+so that a worker killed mid-request leaves no phantom load behind).
 
 - **Down**: ``failure_threshold`` consecutive failures (connection error, timeout, 5xx answer)
   mark a backend down; one success brings it back.
 - **Re-probing**: every ``probe_interval`` seconds each down backend, cloud or local, is probed
-  (a TCP/TLS connection) by one worker (whichever takes the backend's probe turn first); a backend
-  that answers goes back into rotation, so nothing stays down forever.
+  by one worker (whichever takes the backend's probe turn first) with ``GET .../models``; an
+  answer below 500 puts it back into rotation, so nothing stays down forever.
 - **Order**: within a chain, backends that are up come first, cheapest first; backends of equal
-  price are balanced by least in-flight requests, and a saturated one (in-flight at its pool's
-  ``max_connections``) waits behind the others. A pricier backend is used only when the cheaper
+  price are balanced by least in-flight requests, and a saturated one (this worker's in-flight at
+  its pool's ``max_connections``) waits behind the others. A pricier backend is used only when the cheaper
   ones are down, saturated or failing, never alternated with them. Down backends are tried only
   when no backend of the chain is up (they may have recovered since the last probe).
 """
@@ -34,29 +36,30 @@ __all__ = ["BackendHealth", "Health"]
 logger = logging.getLogger("tiermux.health")
 
 # Cells of a backend, in its block of HEALTH_FIELDS.
-FAILURES, DOWN_SINCE_MS, NEXT_PROBE_MS, IN_FLIGHT, REQUESTS, ERRORS, LATENCY_US, PROBING = range(8)
-assert HEALTH_FIELDS == 8
+FAILURES, DOWN_SINCE_MS, NEXT_PROBE_MS, REQUESTS, ERRORS, LATENCY_US, PROBING = range(HEALTH_FIELDS)
 
 # Weight of the newest sample in the latency average (about the last ten requests).
 EWMA_ALPHA = 0.1
 
 
 def _now_ms() -> int:
-    # Wall-clock, not monotonic: cells are compared across processes.
-    return int(time.time() * 1000)
+    # CLOCK_MONOTONIC is one clock for every process of the machine, so cells can compare it;
+    # 0 means "not down", and the monotonic clock starts well above it.
+    return time.monotonic_ns() // 1_000_000 + 1
 
 
 class BackendHealth:
     """One backend's cells, and the decisions that read them."""
 
-    __slots__ = ("_base", "_cells", "capacity", "name", "price")
+    __slots__ = ("base", "capacity", "cells", "in_flight", "name", "price")
 
     def __init__(self, name: str, price: float, capacity: int, cells: atomics.Cells, base: int) -> None:
         self.name = name
         self.price = price
         self.capacity = capacity
-        self._cells = cells
-        self._base = base
+        self.cells = cells
+        self.base = base
+        self.in_flight = 0  # this worker's requests to it (see the module docstring)
 
     def __repr__(self) -> str:
         return (
@@ -64,15 +67,11 @@ class BackendHealth:
         )
 
     def _load(self, field: int) -> int:
-        return self._cells.load(self._base + field)
+        return self.cells.load(self.base + field)
 
     @property
     def down(self) -> bool:
         return self._load(DOWN_SINCE_MS) != 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._load(IN_FLIGHT)
 
     @property
     def failures(self) -> int:
@@ -89,7 +88,7 @@ class BackendHealth:
         return {
             "name": self.name,
             "status": self.status,
-            "in_flight": self.in_flight,
+            "in_flight_this_worker": self.in_flight,
             "latency_ewma_ms": round(latency / 1000, 3) if latency else None,
             "consecutive_failures": self.failures,
             "requests": self._load(REQUESTS),
@@ -150,15 +149,15 @@ class Health:
 
     def started(self, name: str) -> None:
         s = self.state[name]
-        self._cells.add(s._base + IN_FLIGHT, 1)
-        self._cells.add(s._base + REQUESTS, 1)
+        s.in_flight += 1
+        s.cells.add(s.base + REQUESTS, 1)
 
     def finished(self, name: str) -> None:
-        self._cells.add(self.state[name]._base + IN_FLIGHT, -1)
+        self.state[name].in_flight -= 1
 
     def record_success(self, name: str, latency: float) -> None:
         cells = self._cells
-        base = self.state[name]._base
+        base = self.state[name].base
         if cells.load(base + FAILURES):
             cells.store(base + FAILURES, 0)
         sample = max(1, int(latency * 1_000_000))
@@ -168,19 +167,20 @@ class Health:
             if cells.compare_exchange(base + LATENCY_US, old, new):
                 break
         down_since = cells.load(base + DOWN_SINCE_MS)
-        if down_since and cells.compare_exchange(base + DOWN_SINCE_MS, down_since, 0):
-            self._came_back(name, down_since, "answered a request")
+        if down_since:
+            self._bring_back(name, down_since, "answered a request")
 
     def record_failure(self, name: str, reason: str) -> None:
         cells = self._cells
-        base = self.state[name]._base
+        base = self.state[name].base
         cells.add(base + ERRORS, 1)
         failures = cells.add(base + FAILURES, 1)
-        if failures >= self.failure_threshold:
+        if failures >= self.failure_threshold and not cells.load(base + DOWN_SINCE_MS):
             now = _now_ms()
-            # One worker wins the transition and says so; the others see it done.
+            # The first probe turn is set before the backend is marked down, so that no worker
+            # probes it at once; one worker wins the transition and says so.
+            cells.store(base + NEXT_PROBE_MS, now + int(self.probe_interval * 1000))
             if cells.compare_exchange(base + DOWN_SINCE_MS, 0, now):
-                cells.store(base + NEXT_PROBE_MS, now + int(self.probe_interval * 1000))
                 logger.warning(
                     "backend %s is down after %d consecutive failures (last: %s); re-probing every %gs",
                     name,
@@ -189,12 +189,16 @@ class Health:
                     self.probe_interval,
                 )
 
-    def _came_back(self, name: str, down_since: int, why: str) -> None:
-        base = self.state[name]._base
-        self._cells.store(base + FAILURES, 0)
-        self._cells.store(base + PROBING, 0)
-        seconds = (_now_ms() - down_since) / 1000
-        logger.warning("backend %s is up again (%s, after %.1fs down)", name, why, seconds)
+    def _bring_back(self, name: str, down_since: int, why: str) -> None:
+        """Mark up a backend that was down since ``down_since`` (unless another worker already
+        did, or it went down again since)."""
+        cells = self._cells
+        base = self.state[name].base
+        cells.store(base + FAILURES, 0)  # before it is up, so that no stale count takes it down
+        if cells.compare_exchange(base + DOWN_SINCE_MS, down_since, 0):
+            cells.store(base + PROBING, 0)
+            seconds = (_now_ms() - down_since) / 1000
+            logger.warning("backend %s is up again (%s, after %.1fs down)", name, why, seconds)
 
     def snapshot(self) -> list[dict[str, object]]:
         return [self.state[name].as_dict() | {"model": self.backends[name].model} for name in self.state]
@@ -220,32 +224,35 @@ class Health:
             await asyncio.sleep(period)
             await self.probe_due()
 
-    def _take_probe_turn(self, s: BackendHealth, now: int) -> bool:
-        """Whether this worker probes ``s`` now: it is down, its turn has come, and no other
-        worker took the turn first."""
+    def _take_probe_turn(self, s: BackendHealth, now: int) -> int:
+        """The down time of ``s`` if this worker probes it now (it is down, its turn has come, and
+        no other worker took the turn first), else 0."""
         cells = self._cells
-        if not cells.load(s._base + DOWN_SINCE_MS):
-            return False
-        due = cells.load(s._base + NEXT_PROBE_MS)
+        down_since = cells.load(s.base + DOWN_SINCE_MS)
+        if not down_since:
+            return 0
+        due = cells.load(s.base + NEXT_PROBE_MS)
         if now < due:
-            return False
-        return cells.compare_exchange(s._base + NEXT_PROBE_MS, due, now + int(self.probe_interval * 1000))
+            return 0
+        taken = cells.compare_exchange(s.base + NEXT_PROBE_MS, due, now + int(self.probe_interval * 1000))
+        return down_since if taken else 0
 
     async def probe_due(self, now: int | None = None) -> None:
-        """Probe every down backend whose turn has come; the ones that connect are up again."""
+        """Probe every down backend whose turn has come; the ones that answer are up again."""
         now = _now_ms() if now is None else now
-        due = [s for s in self.state.values() if self._take_probe_turn(s, now)]
-        if not due:
+        turns = [
+            (s, down_since) for s in self.state.values() if (down_since := self._take_probe_turn(s, now))
+        ]
+        if not turns:
             return
         cells = self._cells
-        for s in due:
-            cells.store(s._base + PROBING, 1)
+        for s, _ in turns:
+            cells.store(s.base + PROBING, 1)
         results = await asyncio.gather(
-            *(self.backends[s.name].pool.probe() for s in due), return_exceptions=True
+            *(self.backends[s.name].probe() for s, _ in turns), return_exceptions=True
         )
-        for s, ok in zip(due, results, strict=True):
-            down_since = cells.load(s._base + DOWN_SINCE_MS)
-            if ok is True and down_since and cells.compare_exchange(s._base + DOWN_SINCE_MS, down_since, 0):
-                self._came_back(s.name, down_since, "probe connected")
+        for (s, down_since), ok in zip(turns, results, strict=True):
+            if ok is True:
+                self._bring_back(s.name, down_since, "answered a probe")
             else:
-                cells.store(s._base + PROBING, 0)
+                cells.store(s.base + PROBING, 0)
