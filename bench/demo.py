@@ -40,9 +40,14 @@ def _start_mock(args: list[str]) -> subprocess.Popen[str]:
     raise SystemExit(f"mock backend {' '.join(args)} did not start (is the port free?)")
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a service manager, `kill`) cleans up like Ctrl-C
+
+
 def main() -> int:
     config = os.environ.get("TIERMUX_DEMO_CONFIG") or str(files("tiermux") / "examples" / "demo.yaml")
     processes: list[subprocess.Popen[str]] = []
+    signal.signal(signal.SIGTERM, _stop)
     try:
         for args in MOCKS:
             processes.append(_start_mock(args))
