@@ -1,13 +1,15 @@
 """The hot path: one OpenAI-style request from the client to a backend and its answer back.
 
     read body (bounded) -> decode routing fields -> route (resolve, classify, policy)
-    -> splice ``model`` -> try the chain's backends in order until one answers -> relay the answer
+    -> splice ``model`` -> try the chain's backends, cheapest healthy first, until one answers
+    -> relay the answer
 
 A client that leaves cancels the work done for it (``DisconnectWatcher``). Failover happens only
-before the client has received a byte: connection errors, timeouts and
-5xx answers move to the next backend of the chain. A non-streaming answer is read whole before
-anything is sent, so that a backend failing mid-answer can still be replaced; a stream is relayed
-chunk by chunk as it arrives, and if it breaks the client gets an SSE error event and a clean end.
+before the client has received a byte: connection errors, timeouts and 5xx answers move to the
+next backend of the chain, and every outcome feeds the backends' shared health. A non-streaming
+answer is read whole before anything is sent, so that a backend failing mid-answer can still be
+replaced; a stream is relayed chunk by chunk as it arrives, and if it breaks the client gets an
+SSE error event and a clean end.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ class Forwarder:
     async def _forward(
         self, chain: tuple[str, ...], endpoint: str, body: bytes, start: int, end: int
     ) -> tuple[Backend, h1client.Response, bytes | None]:
-        """Try the chain's backends in order; return the first usable answer.
+        """Try the chain's backends in the order health plans (cheapest up backend first); return
+        the first usable answer, and record each outcome for the backend's health.
 
         For a non-streaming answer the body is read here too (``payload``), so that a failure
         while reading it still fails over; streams are returned with only their headers read.
@@ -161,7 +164,7 @@ class Forwarder:
         failure: ProxyError | None = None
         for attempt, name in enumerate(plan):
             backend = self.backends[name]
-            started = time.monotonic()
+            sent_at = time.monotonic()
             health.started(name)
             try:
                 response = await backend.pool.request(
@@ -189,7 +192,7 @@ class Forwarder:
                     continue
             if _is_stream(response):
                 if response.status < 500:
-                    health.record_success(name, time.monotonic() - started)
+                    health.record_success(name, time.monotonic() - sent_at)
                 return backend, response, None  # in flight until the relay ends
             try:
                 payload = response.take_body()
@@ -204,7 +207,7 @@ class Forwarder:
                 response.close()
                 health.finished(name)
             if response.status < 500:
-                health.record_success(name, time.monotonic() - started)
+                health.record_success(name, time.monotonic() - sent_at)
             return backend, response, payload
         raise failure or BadGateway("no backend of the chain could answer")
 
