@@ -59,6 +59,7 @@ class Router:
             classifier = Classifier(load_weights(settings.weights))
         self.classifier = classifier if settings.enabled else None
         self.allow_overrides = config.routing.allow_header_override
+        self._chains = {tier: tuple(chain) for tier, chain in config.tiers.items()}
 
     def __repr__(self) -> str:
         return f"<Router {self.policy!r} classifier={self.classifier!r}>"
@@ -84,6 +85,8 @@ class Router:
     ) -> Decision:
         """The decision for a resolved ``route``; ``request`` is None for requests without text
         to classify (embeddings), which go where the route says."""
+        # Pinned requests are classified too: their answers carry the category and the score
+        # like any other, so that what a client pins is still visible by task.
         classification = None
         if request is not None and self.classifier is not None:
             classification = self.classifier.classify(request)
@@ -106,7 +109,7 @@ class Router:
             tier, reasons = route.tier, ("default_tier",)
         if tier_override is not None:
             tier, reasons = tier_override, (*reasons, "header_tier")
-        return Decision(tier, tuple(self.config.tiers[tier]), classification, reasons)
+        return Decision(tier, self._chains[tier], classification, reasons)
 
 
 def _overrides(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
