@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from tiermux._speedups import jsonscan
+from tiermux.accounting.ledger import Ledger
 from tiermux.api.auth import Authenticator
 from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
@@ -52,8 +53,12 @@ class TiermuxApp:
             config.health.failure_threshold,
             config.health.probe_interval,
         )
-        self.forwarder = Forwarder(self.router, self.backends, config.server.max_body_bytes, self.health)
-        # Probes stay open to the orchestrator; everything under /v1 needs a key when keys are set.
+        capable = config.tiers[self.router.policy.category_tier["reasoning"]][0]
+        self.ledger = Ledger(config, self.segment.cells("ledger"), capable)
+        self.forwarder = Forwarder(
+            self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger
+        )
+        # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set.
         self.authenticator = Authenticator(config.auth.keys) if config.auth.keys else None
         forward = self.forwarder
         self._routes: dict[str, dict[str, Handler]] = {
@@ -63,6 +68,7 @@ class TiermuxApp:
             "/v1/route": {"POST": self._route},
             "/v1/models": {"GET": self._models},
             "/v1/backends": {"GET": self._backends},
+            "/stats": {"GET": self._stats},
             "/health": {"GET": self._health},
             "/ready": {"GET": self._ready},
         }
@@ -97,7 +103,7 @@ class TiermuxApp:
             )
             return
         try:
-            if self.authenticator is not None and path.startswith("/v1/"):
+            if self.authenticator is not None and (path.startswith("/v1/") or path == "/stats"):
                 self.authenticator.check(scope["headers"])
             await handler(scope, receive, send)
         except ClientDisconnected:
@@ -129,6 +135,10 @@ class TiermuxApp:
         """Each backend's health, shared by every worker of this serve."""
         body = msgspec.json.encode({"object": "list", "data": self.health.snapshot()})
         await _send_json(send, 200, body)
+
+    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Requests, tokens, spend and savings, summed over every worker of this serve."""
+        await _send_json(send, 200, msgspec.json.encode(self.ledger.snapshot()))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, b'{"status":"ok"}')

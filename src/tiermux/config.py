@@ -85,6 +85,9 @@ class Price(_Strict, frozen=True):
 
     input: NonNegativeFloat = 0.0
     output: NonNegativeFloat = 0.0
+    cached_input: NonNegativeFloat | None = None
+    """Input tokens the backend reports as cached (``prompt_tokens_details.cached_tokens``);
+    the ``input`` price when unset."""
 
 
 class Timeouts(_Strict, frozen=True):

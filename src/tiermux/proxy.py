@@ -23,6 +23,8 @@ from typing import Any
 import msgspec
 
 from tiermux._speedups import h1client, jsonscan
+from tiermux.accounting.ledger import Ledger
+from tiermux.accounting.usage import UsageTap, ask_for_usage, usage_of
 from tiermux.api.disconnect import DisconnectWatcher
 from tiermux.api.errors import (
     BadGateway,
@@ -68,11 +70,17 @@ class Forwarder:
     """Forwards requests for the OpenAI endpoints that carry a ``model``."""
 
     def __init__(
-        self, router: Router, backends: dict[str, Backend], max_body_bytes: int, health: Health
+        self,
+        router: Router,
+        backends: dict[str, Backend],
+        max_body_bytes: int,
+        health: Health,
+        ledger: Ledger,
     ) -> None:
         self.router = router
         self.backends = backends
         self.health = health
+        self.ledger = ledger
         self.max_body_bytes = max_body_bytes
         # Every combination is built once; all parts come from config and fixed sets.
         self._route_headers: dict[tuple[str, str, str, int], list[tuple[bytes, bytes]]] = {}
@@ -122,16 +130,26 @@ class Forwarder:
 
     def decide(self, endpoint: str, body: bytes, scope: Scope) -> Decision:
         """Route a request body: decode what routing reads, resolve its model, classify, decide."""
+        return self._route(endpoint, body, scope)[0]
+
+    def _route(self, endpoint: str, body: bytes, scope: Scope) -> tuple[Decision, bool]:
+        """The decision, and whether the request asks for a stream."""
         model, request = _routing_input(endpoint, body)
         if model is None:
             raise BadRequest("You must provide a model parameter.", param="model")
         route = self.router.resolve(model)
-        return self.router.decide(route, request, scope["headers"])
+        return self.router.decide(route, request, scope["headers"]), request is not None and request.stream
 
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.health.start()
         body = await self.receive_body(receive)
-        decision = self.decide(endpoint, body, scope)
+        decision, stream = self._route(endpoint, body, scope)
+        # A stream reports its usage only when asked: ask, and take the answer out again.
+        strip_usage = False
+        if stream:
+            asked = ask_for_usage(body)
+            if asked is not None:
+                body, strip_usage = asked, True
         try:
             start, end = jsonscan.value_span(body, b"model")
         except jsonscan.ScanError as exc:  # JSON msgspec took but the scanner can't walk
@@ -139,14 +157,20 @@ class Forwarder:
         with self.disconnects.watch(receive):
             backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
+            category = decision.classification.category if decision.classification else None
             if payload is not None:
+                if response.status < 400:
+                    self.ledger.record(backend.name, decision.tier, category, usage_of(payload))
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
             else:
+                tap = UsageTap(strip_usage)
                 try:
-                    await self._relay_stream(response, headers, send, backend.name)
+                    await self._relay_stream(response, headers, send, backend.name, tap)
                 finally:
                     self.health.finished(backend.name)
+                    if response.status < 400:
+                        self.ledger.record(backend.name, decision.tier, category, tap.usage)
 
     async def _forward(
         self, chain: tuple[str, ...], endpoint: str, body: bytes, start: int, end: int
@@ -212,7 +236,12 @@ class Forwarder:
         raise failure or BadGateway("no backend of the chain could answer")
 
     async def _relay_stream(
-        self, response: h1client.Response, headers: list[tuple[bytes, bytes]], send: Send, backend: str
+        self,
+        response: h1client.Response,
+        headers: list[tuple[bytes, bytes]],
+        send: Send,
+        backend: str,
+        tap: UsageTap,
     ) -> None:
         """Relay chunk by chunk as they arrive; a broken stream ends with an SSE error event."""
         try:
@@ -228,8 +257,10 @@ class Forwarder:
                     break
                 if not chunk:
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                chunk = tap.feed(chunk)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": tap.finish()})
         finally:
             response.close()  # an unfinished answer (the client left) costs its connection
 

@@ -124,9 +124,10 @@ def test_workers_are_separate_processes(server: ServerProcess) -> None:
     assert all(os.getpgid(pid) == server.proc.pid for pid in workers)
 
 
-def test_workers_share_backend_health(tmp_path: Path, vllm: BackendHandle) -> None:
+def test_workers_share_backend_health_and_books(tmp_path: Path, vllm: BackendHandle) -> None:
     """A dead backend is marked down once for the whole server: its failures are counted in the
-    shared segment, whichever worker saw them, and every worker then skips it."""
+    shared segment, whichever worker saw them, and every worker then skips it. The books, too,
+    are the whole server's."""
     from tests.support import backend_entry, closed_port_url
 
     tree = {
@@ -150,9 +151,14 @@ def test_workers_share_backend_health(tmp_path: Path, vllm: BackendHandle) -> No
             with httpx.Client(base_url=server.url, timeout=10) as client:
                 assert client.post("/v1/chat/completions", json=body).status_code == 200
         views = []
+        books = []
         for _ in range(6):
             with httpx.Client(base_url=server.url, timeout=10) as client:
                 views.append({row["name"]: row for row in client.get("/v1/backends").json()["data"]})
+                books.append(client.get("/stats").json()["total"])
+        for total in books:  # whichever worker answers, the books hold every worker's requests
+            assert total["requests"] == 20 and total["unmetered_requests"] == 0
+            assert total["output_tokens"] == books[0]["output_tokens"] > 0
         for view in views:
             assert view["dead"]["status"] == "down"
             assert view["dead"]["errors"] == 3  # not three per worker

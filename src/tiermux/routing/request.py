@@ -42,6 +42,7 @@ class ChatFields(msgspec.Struct):
     """The fields of a chat completion that routing reads."""
 
     model: str | None = None
+    stream: Any = None  # any JSON: only ``true`` matters here, and the backend judges the rest
     messages: list[Message] = []
     tools: list[msgspec.Raw] | None = None
     functions: list[msgspec.Raw] | None = None
@@ -55,6 +56,7 @@ class CompletionFields(msgspec.Struct):
     """The fields of a legacy completion that routing reads."""
 
     model: str | None = None
+    stream: Any = None
     # A string, or a list of strings or of token ids (only strings are read).
     prompt: str | list[str | int | list[int]] | None = None
     max_tokens: int | None = None
@@ -70,6 +72,7 @@ class RequestText:
         "last",
         "max_tokens",
         "previous",
+        "stream",
         "system",
         "temperature",
         "tools",
@@ -90,6 +93,7 @@ class RequestText:
         image: bool = False,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        stream: bool = False,
     ) -> None:
         self.last = last
         self.system = system
@@ -101,6 +105,7 @@ class RequestText:
         self.image = image
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.stream = stream
 
     def __repr__(self) -> str:
         return f"<RequestText turns={self.turns} chars={self.total_chars} last={self.last[:40]!r}>"
@@ -153,13 +158,16 @@ def from_chat(fields: ChatFields) -> RequestText:
         image=image,
         max_tokens=fields.max_completion_tokens or fields.max_tokens,
         temperature=fields.temperature,
+        stream=fields.stream is True,
     )
 
 
 def from_completion(fields: CompletionFields) -> RequestText:
     prompt = fields.prompt
     text = "\n".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt or ""
-    return RequestText(text, max_tokens=fields.max_tokens, temperature=fields.temperature)
+    return RequestText(
+        text, max_tokens=fields.max_tokens, temperature=fields.temperature, stream=fields.stream is True
+    )
 
 
 def from_prompt(prompt: str) -> RequestText:

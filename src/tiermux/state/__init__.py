@@ -14,8 +14,13 @@ HEALTH_FIELDS = 7
 
 
 def layout_for(config: Config) -> Layout:
+    from tiermux.accounting.ledger import ledger_cells
+
     names = [backend.name for backend in config.backends]
-    return Layout({"health": HEALTH_FIELDS * len(names)}, [f"backends={','.join(names)}"])
+    return Layout(
+        {"health": HEALTH_FIELDS * len(names), "ledger": ledger_cells(config)},
+        [f"backends={','.join(names)}", f"tiers={','.join(config.tiers)}"],
+    )
 
 
 def open_segment(config: Config) -> Segment:
