@@ -22,7 +22,7 @@ from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList, encode_decision
 from tiermux.config import Config, load_config
-from tiermux.proxy import ClientDisconnected, Forwarder, Receive, Scope, Send
+from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
 from tiermux.state import open_segment
 from tiermux.upstream.backend import Backend
@@ -59,7 +59,8 @@ class TiermuxApp:
             self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger
         )
         # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set.
-        self.authenticator = Authenticator(config.auth.keys) if config.auth.keys else None
+        keys = config.client_keys
+        self.authenticator = Authenticator(keys) if keys else None
         forward = self.forwarder
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": lambda s, r, w: forward("/chat/completions", s, r, w)},
@@ -104,7 +105,7 @@ class TiermuxApp:
             return
         try:
             if self.authenticator is not None and (path.startswith("/v1/") or path == "/stats"):
-                self.authenticator.check(scope["headers"])
+                scope[SERVICE_SCOPE_KEY] = self.authenticator.check(scope["headers"])
             await handler(scope, receive, send)
         except ClientDisconnected:
             return

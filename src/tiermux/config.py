@@ -63,6 +63,7 @@ Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Score = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
 AUTO = "auto"  # the model name (and alias target) that asks tiermux to choose
+DEFAULT_SERVICE = "default"  # whom requests are booked to when neither a key nor a header says
 
 
 class ServerConfig(_Strict, frozen=True):
@@ -167,6 +168,13 @@ class HealthConfig(_Strict, frozen=True):
     """Seconds between probes of a down backend; one that connects is up again."""
 
 
+class ServiceConfig(_Strict, frozen=True):
+    """A tenant of tiermux: requests with one of its keys are booked to it."""
+
+    keys: list[str] = []
+    """Client keys (``${VAR}`` only) that identify this service; they are client keys too."""
+
+
 class AuthConfig(_Strict, frozen=True):
     """Who may use tiermux: clients send one of ``keys`` as ``Authorization: Bearer`` (or ``x-api-key``)."""
 
@@ -182,6 +190,15 @@ class Config(_Strict, frozen=True):
     auth: AuthConfig = AuthConfig()
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
+    services: dict[str, ServiceConfig] = {}
+
+    @property
+    def client_keys(self) -> dict[str, str | None]:
+        """Every client key, with the service it identifies (None: the default service)."""
+        keys: dict[str, str | None] = dict.fromkeys(self.auth.keys)
+        for name, service in self.services.items():
+            keys.update(dict.fromkeys(service.keys, name))
+        return keys
 
     @property
     def default_tier(self) -> str:
@@ -192,7 +209,9 @@ class Config(_Strict, frozen=True):
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Where secrets live: a literal there would end up in version control and in config dumps.
-_SECRET_PATH = re.compile(r"\$\.backends\[\d+\]\.api_key|\$\.auth\.keys\[\d+\]")
+_SECRET_PATH = re.compile(
+    r"\$\.backends\[\d+\]\.api_key|\$\.auth\.keys\[\d+\]|\$\.services\.[^.]+\.keys\[\d+\]"
+)
 
 
 # Files named in the config are found relative to the config file, wherever tiermux was started.
@@ -270,6 +289,21 @@ def _check_references(config: Config, source: str) -> None:
     for i, key in enumerate(config.auth.keys):
         if not key:
             raise ConfigError(source, f"$.auth.keys[{i}]", "empty key (is its environment variable set?)")
+    seen_keys = set(config.auth.keys)
+    for name, service in config.services.items():
+        where = f"$.services.{name}"
+        if name == DEFAULT_SERVICE or not name:
+            raise ConfigError(source, where, f"{DEFAULT_SERVICE!r} is the service of requests without one")
+        for i, key in enumerate(service.keys):
+            if not key:
+                raise ConfigError(
+                    source, f"{where}.keys[{i}]", "empty key (is its environment variable set?)"
+                )
+            if key in seen_keys:
+                raise ConfigError(
+                    source, f"{where}.keys[{i}]", "this key is already given to another service"
+                )
+            seen_keys.add(key)
     routing = config.routing
     if routing.default_tier is not None and routing.default_tier not in config.tiers:
         raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
@@ -314,7 +348,7 @@ def _check_routing_policy(config: Config, source: str) -> None:
 
 def exposure_problem(config: Config, host: str) -> str | None:
     """Why serving ``host`` with this config would be an open relay, or ``None`` if it isn't."""
-    if config.auth.keys or config.server.allow_unauthenticated or _is_loopback(host):
+    if config.client_keys or config.server.allow_unauthenticated or _is_loopback(host):
         return None
     return (
         f"listening on {host} without auth.keys lets anyone who reaches it spend your backends' "

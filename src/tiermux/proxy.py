@@ -36,19 +36,24 @@ from tiermux.api.errors import (
 )
 from tiermux.api.headers import relayed_headers
 from tiermux.api.wire import decode_routing_fields
+from tiermux.config import DEFAULT_SERVICE
 from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
 from tiermux.routing.router import Decision, Router
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
 from tiermux.upstream.health import Health
 
-__all__ = ["ClientDisconnected", "Forwarder"]
+__all__ = ["SERVICE_SCOPE_KEY", "ClientDisconnected", "Forwarder"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger("tiermux.proxy")
+
+# Where the app leaves the service of the request's key, for the handlers.
+SERVICE_SCOPE_KEY = "tiermux.service"
+SERVICE_HEADER = b"x-tiermux-service"
 
 
 class ClientDisconnected(Exception):
@@ -81,6 +86,7 @@ class Forwarder:
         self.backends = backends
         self.health = health
         self.ledger = ledger
+        self.services = frozenset(ledger.services)
         self.max_body_bytes = max_body_bytes
         # Every combination is built once; all parts come from config and fixed sets.
         self._route_headers: dict[tuple[str, str, str, int], list[tuple[bytes, bytes]]] = {}
@@ -143,6 +149,7 @@ class Forwarder:
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.health.start()
         body = await self.receive_body(receive)
+        service = self._service(scope)
         decision, stream = self._route(endpoint, body, scope)
         # A stream reports its usage only when asked: ask, and take the answer out again.
         strip_usage = False
@@ -160,7 +167,7 @@ class Forwarder:
             category = decision.classification.category if decision.classification else None
             if payload is not None:
                 if response.status < 400:
-                    self.ledger.record(backend.name, decision.tier, category, usage_of(payload))
+                    self.ledger.record(service, backend.name, decision.tier, category, usage_of(payload))
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
             else:
@@ -170,7 +177,24 @@ class Forwarder:
                 finally:
                     self.health.finished(backend.name)
                     if response.status < 400:
-                        self.ledger.record(backend.name, decision.tier, category, tap.usage)
+                        self.ledger.record(service, backend.name, decision.tier, category, tap.usage)
+
+    def _service(self, scope: Scope) -> str:
+        """Whom the request is booked to: its key's service; else the service named by the
+        ``X-Tiermux-Service`` header (one of the configured ones); else ``default``. A key's
+        service can't be overridden by a header."""
+        service = scope.get(SERVICE_SCOPE_KEY)
+        if service is not None:
+            return str(service)
+        for name, value in scope["headers"]:
+            if name == SERVICE_HEADER:
+                named: str = value.decode("latin-1").strip()
+                if named not in self.services:
+                    raise BadRequest(
+                        f"unknown service {named!r} in X-Tiermux-Service", param="x-tiermux-service"
+                    )
+                return named
+        return DEFAULT_SERVICE
 
     async def _forward(
         self, chain: tuple[str, ...], endpoint: str, body: bytes, start: int, end: int

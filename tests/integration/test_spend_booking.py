@@ -4,6 +4,7 @@ streams that did not (tiermux asks, reads, and hands the client the stream it as
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from bench.mock_backend import BackendHandle
@@ -71,3 +72,44 @@ def test_failed_answers_are_not_booked(proxy: ProxyClient, vllm: BackendHandle, 
     cloud.configure(fail_rate=1.0, fail_mode="status", fail_status=500)
     assert proxy.chat().status_code == 500
     assert proxy.get("/stats").json()["total"]["requests"] == 0
+
+
+def test_requests_are_booked_to_the_service_of_their_key_or_header(
+    vllm: BackendHandle,
+    cloud: BackendHandle,
+    cloud_key_file: Any,
+    config_file: Any,
+    proxy_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.support import standard_tree
+
+    from tiermux.config import load_config
+
+    monkeypatch.setenv("ALPHA_KEY", "alpha-secret")
+    monkeypatch.setenv("PLAIN_KEY", "plain-secret")
+    tree = standard_tree(vllm.url, cloud.url, cloud_key_file)
+    tree["auth"] = {"keys": ["${PLAIN_KEY}"]}
+    tree["services"] = {"alpha": {"keys": ["${ALPHA_KEY}"]}, "beta": {}}
+    client = proxy_factory(load_config(config_file(tree)))
+
+    def chat(key: str, **headers: str) -> int:
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {key}", **headers},
+        )
+        return response.status_code
+
+    assert chat("alpha-secret") == 200
+    assert chat("plain-secret") == 200
+    assert chat("plain-secret", **{"X-Tiermux-Service": "beta"}) == 200
+    assert chat("alpha-secret", **{"X-Tiermux-Service": "beta"}) == 200  # the key's service wins
+    assert chat("plain-secret", **{"X-Tiermux-Service": "gamma"}) == 400  # not a configured service
+    stats = client.get("/stats", headers={"Authorization": "Bearer plain-secret"}).json()
+    assert {name: row["requests"] for name, row in stats["by_service"].items()} == {
+        "alpha": 2,
+        "default": 1,
+        "beta": 1,
+    }
+    assert client.get("/stats").status_code == 401  # the books need a key

@@ -533,3 +533,29 @@ def test_cli_requires_a_command() -> None:
     result = _cli()
     assert result.returncode == 2
     assert "usage" in result.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("services", "field", "message"),
+    [
+        ({"alpha": {"keys": ["literal-key"]}}, "$.services.alpha.keys[0]", "environment"),
+        ({"default": {"keys": ["${K1}"]}}, "$.services.default", "requests without one"),
+        (
+            {"alpha": {"keys": ["${K1}"]}, "beta": {"keys": ["${K1}"]}},
+            "$.services.beta.keys[0]",
+            "another service",
+        ),
+    ],
+    ids=["literal-key", "reserved-name", "shared-key"],
+)
+def test_service_errors_name_the_field(services: dict[str, object], field: str, message: str) -> None:
+    text = yaml.safe_dump(
+        {
+            "backends": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "model": "m"}],
+            "tiers": {"cheap": ["a"]},
+            "services": services,
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "t.yaml", env={"K1": "one"})
+    assert field in str(error.value) and message in str(error.value)

@@ -116,9 +116,9 @@ def test_costs_are_exact_and_savings_are_against_the_capable_backend(ledger: Led
         {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"cached_tokens": 400}},
         Usage,
     )
-    ledger.record("local", "cheap", "extraction", usage)
-    ledger.record("cloud", "capable", "code", usage)
-    ledger.record("local", "cheap", None, None)  # answered, no usage reported
+    ledger.record("default", "local", "cheap", "extraction", usage)
+    ledger.record("default", "cloud", "capable", "code", usage)
+    ledger.record("default", "local", "cheap", None, None)  # answered, no usage reported
     stats = ledger.snapshot()
     local_cost = (1000 * 0.005 + 500 * 0.01) / 1e6  # no cached price: cached input at the input price
     cloud_cost = (600 * 3.0 + 400 * 0.3 + 500 * 15.0) / 1e6

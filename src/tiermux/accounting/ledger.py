@@ -1,4 +1,4 @@
-"""The books: requests, tokens and cost, by backend, tier and category, in shared cells.
+"""The books: requests, tokens and cost, by service, backend, tier and category, in shared cells.
 
 Costs are integers of pico-dollars (1e-12 USD; a price of $0.005 per million tokens is 5,000 a
 token), so that additions from every worker are exact and their sum is the sum of the parts. Next
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tiermux._speedups import atomics
 from tiermux.accounting.usage import Usage
-from tiermux.config import Config, Price
+from tiermux.config import DEFAULT_SERVICE, Config, Price
 from tiermux.routing.categories import CATEGORIES
 
 __all__ = ["FIELDS", "Ledger", "ledger_cells"]
@@ -26,7 +26,8 @@ PICO = 10**12
 
 def ledger_cells(config: Config) -> int:
     """Cells the ledger needs for ``config``."""
-    return len(config.backends) * (len(config.tiers) + 1) * (len(CATEGORIES) + 1) * FIELDS
+    services = len(config.services) + 1
+    return services * len(config.backends) * (len(config.tiers) + 1) * (len(CATEGORIES) + 1) * FIELDS
 
 
 def _per_token(price: float) -> int:
@@ -56,6 +57,8 @@ class Ledger:
         if cells.count < ledger_cells(config):
             raise ValueError("not enough cells for the ledger")
         self._cells = cells
+        self.services = [DEFAULT_SERVICE, *config.services]
+        self._service_index = {name: i for i, name in enumerate(self.services)}
         self.backends = [b.name for b in config.backends]
         self.tiers = [*config.tiers, PINNED_TIER]
         self.categories = [*CATEGORIES, NO_CATEGORY]
@@ -69,16 +72,19 @@ class Ledger:
     def __repr__(self) -> str:
         return f"<Ledger backends={len(self.backends)} baseline={self.baseline_backend}>"
 
-    def _base(self, backend: str, tier: str, category: str | None) -> int:
+    def _base(self, service: str, backend: str, tier: str, category: str | None) -> int:
+        s = self._service_index[service]
         b = self._backend_index[backend]
         t = self._tier_index.get(tier, len(self.tiers) - 1)
         c = self._category_index[category or NO_CATEGORY]
-        return ((b * len(self.tiers) + t) * len(self.categories) + c) * FIELDS
+        return (((s * len(self.backends) + b) * len(self.tiers) + t) * len(self.categories) + c) * FIELDS
 
-    def record(self, backend: str, tier: str, category: str | None, usage: Usage | None) -> None:
+    def record(
+        self, service: str, backend: str, tier: str, category: str | None, usage: Usage | None
+    ) -> None:
         """Book one answered request; without usage it is counted, unmetered."""
         cells = self._cells
-        base = self._base(backend, tier, category)
+        base = self._base(service, backend, tier, category)
         cells.add(base + REQUESTS, 1)
         if usage is None:
             cells.add(base + UNMETERED, 1)
@@ -90,26 +96,28 @@ class Ledger:
         cells.add(base + BASELINE, self._baseline.cost(usage))
 
     def snapshot(self) -> dict[str, object]:
-        """Totals, and the same by backend, tier and category (what ``/stats`` shows)."""
+        """Totals, and the same by service, backend, tier and category (what ``/stats`` shows)."""
         rows = []
-        for backend in self.backends:
-            for tier in self.tiers:
-                for category in self.categories:
-                    base = self._base(backend, tier, category)
-                    values = [self._cells.load(base + f) for f in range(FIELDS)]
-                    if values[REQUESTS]:
-                        rows.append(((backend, tier, category), values))
+        for service in self.services:
+            for backend in self.backends:
+                for tier in self.tiers:
+                    for category in self.categories:
+                        base = self._base(service, backend, tier, category)
+                        if self._cells.load(base + REQUESTS):
+                            values = [self._cells.load(base + f) for f in range(FIELDS)]
+                            rows.append(((service, backend, tier, category), values))
         return {
             "object": "tiermux.stats",
             "baseline_backend": self.baseline_backend,
             "total": _summary([v for _, v in rows]),
-            "by_backend": _group(rows, 0),
-            "by_tier": _group(rows, 1),
-            "by_category": _group(rows, 2),
+            "by_service": _group(rows, 0),
+            "by_backend": _group(rows, 1),
+            "by_tier": _group(rows, 2),
+            "by_category": _group(rows, 3),
         }
 
 
-def _group(rows: Sequence[tuple[tuple[str, str, str], list[int]]], key: int) -> dict[str, object]:
+def _group(rows: Sequence[tuple[tuple[str, ...], list[int]]], key: int) -> dict[str, object]:
     groups: dict[str, list[list[int]]] = {}
     for labels, values in rows:
         groups.setdefault(labels[key], []).append(values)

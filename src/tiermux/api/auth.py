@@ -8,7 +8,7 @@ keys don't sit in worker memory longer than start-up. Clients send ``Authorizati
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from tiermux.api.errors import ProxyError
 
@@ -26,16 +26,17 @@ def _digest(key: bytes) -> bytes:
 
 
 class Authenticator:
-    """Checks a request's headers against the configured client keys."""
+    """Checks a request's headers against the configured client keys, and says whose key it is."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = frozenset(_digest(key.encode()) for key in keys)
+    def __init__(self, keys: Mapping[str, str | None]) -> None:
+        self._digests = {_digest(key.encode()): service for key, service in keys.items()}
 
     def __repr__(self) -> str:
         return f"<Authenticator keys={len(self._digests)}>"
 
-    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        """Raise :class:`InvalidApiKey` unless the headers carry a configured key."""
+    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The service of the key the headers carry (None: a key of no service); raise
+        :class:`InvalidApiKey` unless it is a configured key."""
         presented = None
         for name, value in headers:
             if name == b"authorization":
@@ -48,5 +49,7 @@ class Authenticator:
                 break
         if presented is None:
             raise InvalidApiKey("Missing API key: send it as 'Authorization: Bearer KEY'.")
-        if _digest(presented) not in self._digests:
+        digest = _digest(presented)
+        if digest not in self._digests:
             raise InvalidApiKey("Incorrect API key provided.")
+        return self._digests[digest]

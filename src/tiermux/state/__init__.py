@@ -19,7 +19,11 @@ def layout_for(config: Config) -> Layout:
     names = [backend.name for backend in config.backends]
     return Layout(
         {"health": HEALTH_FIELDS * len(names), "ledger": ledger_cells(config)},
-        [f"backends={','.join(names)}", f"tiers={','.join(config.tiers)}"],
+        [
+            f"backends={','.join(names)}",
+            f"tiers={','.join(config.tiers)}",
+            f"services={','.join(config.services)}",
+        ],
     )
 
 
