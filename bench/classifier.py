@@ -19,6 +19,7 @@ Routing is scored with the demo config's tiers and prices and the default policy
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -35,7 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
 BUNDLED = ROOT / "src" / "tiermux" / "routing" / "classifier.tmxw"
 DEMO_CONFIG = ROOT / "src" / "tiermux" / "examples" / "demo.yaml"
-DEFAULT_SHARED = ROOT.parent / "shared" / "data" / "routing-sample.jsonl"
+# The external sample of real prompts, when it sits next to the checkout (or where the variable says).
+DEFAULT_SHARED = Path(
+    os.environ.get("TIERMUX_SHARED_SAMPLE") or ROOT.parent / "shared" / "data" / "routing-sample.jsonl"
+)
 RESULTS = ROOT / "bench" / "results" / "classifier.md"
 
 HELD_OUT = ("set-e",)  # never trained on

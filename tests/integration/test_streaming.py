@@ -99,9 +99,15 @@ def test_completions_stream(server: ServerProcess, vllm: BackendHandle, client: 
     assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == " The mock backend"
 
 
+def _backend_errors(client: httpx.Client, url: str, backend: str = "local-9b") -> int:
+    rows = client.get(url + "/v1/backends").json()["data"]
+    return int(next(row["errors"] for row in rows if row["name"] == backend))
+
+
 def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
     server: ServerProcess, vllm: BackendHandle, client: httpx.Client
 ) -> None:
+    errors_before = _backend_errors(client, server.url)
     vllm.configure(fail_rate=1.0, fail_mode="die-mid-stream", tokens=8)
     started = time.monotonic()
     with client.stream(
@@ -118,6 +124,8 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
     assert last["error"]["message"]
     # what the backend did send arrived first, untouched
     assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    # the broken stream counts against the backend's health
+    assert _backend_errors(client, server.url) == errors_before + 1
     # and the server carries on
     vllm.configure(fail_rate=0.0)
     assert (

@@ -123,6 +123,7 @@ class Health:
             for i, (name, backend) in enumerate(backends.items())
         }
         self._prober: asyncio.Task[None] | None = None
+        self._positions: dict[tuple[str, ...], dict[str, int]] = {}
 
     def __repr__(self) -> str:
         down = [s.name for s in self.state.values() if s.down]
@@ -137,7 +138,10 @@ class Health:
         if not up:
             return list(chain)
         if len(up) > 1:
-            position = {name: i for i, name in enumerate(chain)}
+            chain = tuple(chain)  # the proxy's chains are tuples already: no copy
+            position = self._positions.get(chain)
+            if position is None:  # once per chain: chains come from config
+                position = self._positions[chain] = {name: i for i, name in enumerate(chain)}
 
             def key(name: str) -> tuple[bool, float, int, int]:
                 s = state[name]
