@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from tiermux._speedups import jsonscan
+from tiermux.accounting.budget import Budgets
 from tiermux.accounting.ledger import Ledger
 from tiermux.api.auth import Authenticator
 from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
@@ -24,7 +25,7 @@ from tiermux.api.wire import ModelCard, ModelList, encode_decision
 from tiermux.config import Config, load_config
 from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
-from tiermux.state import open_segment
+from tiermux.state import budget_store, open_segment
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.health import Health
 
@@ -55,8 +56,9 @@ class TiermuxApp:
         )
         capable = config.tiers[self.router.policy.category_tier["reasoning"]][0]
         self.ledger = Ledger(config, self.segment.cells("ledger"), capable)
+        self.budgets = Budgets(config, budget_store(config, self.segment), self.ledger.prices())
         self.forwarder = Forwarder(
-            self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger
+            self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger, self.budgets
         )
         # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set.
         keys = config.client_keys
@@ -138,8 +140,11 @@ class TiermuxApp:
         await _send_json(send, 200, body)
 
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Requests, tokens, spend and savings, summed over every worker of this serve."""
-        await _send_json(send, 200, msgspec.json.encode(self.ledger.snapshot()))
+        """Requests, tokens, spend and savings, summed over every worker of this serve, and the
+        state of today's budgets."""
+        stats = self.ledger.snapshot()
+        stats["budgets"] = await self.budgets.snapshot()
+        await _send_json(send, 200, msgspec.json.encode(stats))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, b'{"status":"ok"}')
@@ -192,6 +197,8 @@ async def _send_json(
 
 
 async def _send_error(send: Send, error: ProxyError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    if error.headers:
+        extra = [*(extra or ()), *error.headers]
     await _send_json(send, error.status, error.body(), JSON_HEADERS + extra if extra else None)
 
 

@@ -25,11 +25,15 @@ import yaml
 __all__ = [
     "AuthConfig",
     "BackendConfig",
+    "BudgetConfig",
+    "BudgetsConfig",
     "Config",
     "ConfigError",
     "Price",
     "RoutingConfig",
     "ServerConfig",
+    "ServiceConfig",
+    "StateConfig",
     "Timeouts",
     "exposure_problem",
     "load_config",
@@ -168,11 +172,51 @@ class HealthConfig(_Strict, frozen=True):
     """Seconds between probes of a down backend; one that connects is up again."""
 
 
+class BudgetConfig(_Strict, frozen=True):
+    """A service's daily spending limit, and what happens to requests that would pass it."""
+
+    daily_usd: NonNegativeFloat
+    """USD the service may spend per day (days start at midnight in ``budgets.timezone``)."""
+    policy: Literal["downgrade", "reject"] = "downgrade"
+    """``downgrade``: a request whose worst case no longer fits goes to ``downgrade_tier`` if it
+    fits there; ``reject`` (or nothing fits): 429 ``budget_exceeded``."""
+    downgrade_tier: str | None = None
+    """The cheaper tier over-budget requests go to; the first tier when unset."""
+
+
 class ServiceConfig(_Strict, frozen=True):
     """A tenant of tiermux: requests with one of its keys are booked to it."""
 
     keys: list[str] = []
     """Client keys (``${VAR}`` only) that identify this service; they are client keys too."""
+    budget: BudgetConfig | None = None
+
+
+class BudgetsConfig(_Strict, frozen=True):
+    """What every service's budget shares."""
+
+    timezone: str = "UTC"
+    """The IANA zone whose midnight starts a new budget day."""
+    assumed_output_tokens: PositiveInt = 4096
+    """Output tokens reserved for a request that sets no ``max_tokens``."""
+
+
+class StateConfig(_Strict, frozen=True):
+    """Where budgets and backend health are kept: in this machine's shared memory (``local``),
+    or in Redis, shared by every tiermux instance that names the same ``url`` and ``prefix``."""
+
+    backend: Literal["local", "redis"] = "local"
+    url: str | None = None
+    """``redis://[:password@]host:port/db`` (``${VAR}`` works for the password)."""
+    prefix: str = "tiermux"
+    """Namespace of the keys; instances with the same prefix share budgets and health."""
+    on_failure: Literal["local", "closed"] = "local"
+    """When Redis can't be reached: go on with this machine's state and warn (``local``), or
+    refuse requests of services with a budget with 503 until it is back (``closed``)."""
+    timeout: PositiveFloat = 0.25
+    """Seconds a Redis call may take before it counts as a failure."""
+    retry_interval: PositiveFloat = 2.0
+    """Seconds between attempts to reach Redis again after a failure."""
 
 
 class AuthConfig(_Strict, frozen=True):
@@ -191,6 +235,8 @@ class Config(_Strict, frozen=True):
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
     services: dict[str, ServiceConfig] = {}
+    budgets: BudgetsConfig = BudgetsConfig()
+    state: StateConfig = StateConfig()
 
     @property
     def client_keys(self) -> dict[str, str | None]:
@@ -203,6 +249,15 @@ class Config(_Strict, frozen=True):
     @property
     def default_tier(self) -> str:
         return self.routing.default_tier or next(iter(self.tiers))
+
+    @property
+    def service_names(self) -> list[str]:
+        """Every service, ``default`` first (it may be configured too, for its budget)."""
+        return [DEFAULT_SERVICE, *(name for name in self.services if name != DEFAULT_SERVICE)]
+
+    @property
+    def budget_rules(self) -> dict[str, BudgetConfig]:
+        return {name: s.budget for name, s in self.services.items() if s.budget is not None}
 
 
 # --- step 2: environment expansion -------------------------------------------------------------
@@ -292,8 +347,20 @@ def _check_references(config: Config, source: str) -> None:
     seen_keys = set(config.auth.keys)
     for name, service in config.services.items():
         where = f"$.services.{name}"
-        if name == DEFAULT_SERVICE or not name:
-            raise ConfigError(source, where, f"{DEFAULT_SERVICE!r} is the service of requests without one")
+        if not name:
+            raise ConfigError(source, where, "a service needs a name")
+        if name == DEFAULT_SERVICE and service.keys:
+            raise ConfigError(
+                source,
+                f"{where}.keys",
+                f"{DEFAULT_SERVICE!r} serves requests without a service key; it has no keys of its own",
+            )
+        budget = service.budget
+        tier = budget.downgrade_tier if budget is not None else None
+        if tier is not None and tier not in config.tiers:
+            raise ConfigError(
+                source, f"{where}.budget.downgrade_tier", f"unknown tier {budget.downgrade_tier!r}"
+            )
         for i, key in enumerate(service.keys):
             if not key:
                 raise ConfigError(
@@ -304,6 +371,7 @@ def _check_references(config: Config, source: str) -> None:
                     source, f"{where}.keys[{i}]", "this key is already given to another service"
                 )
             seen_keys.add(key)
+    _check_budgets_and_state(config, source)
     routing = config.routing
     if routing.default_tier is not None and routing.default_tier not in config.tiers:
         raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
@@ -315,6 +383,34 @@ def _check_references(config: Config, source: str) -> None:
         if tier != AUTO and tier not in config.tiers:
             raise ConfigError(source, f"$.routing.aliases.{alias}", f"expected auto or a tier, got {tier!r}")
     _check_routing_policy(config, source)
+
+
+def _check_budgets_and_state(config: Config, source: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(config.budgets.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            source,
+            "$.budgets.timezone",
+            f"unknown time zone {config.budgets.timezone!r} (expected e.g. UTC, Europe/Paris)",
+        ) from None
+    state = config.state
+    if state.backend == "redis":
+        if not state.url:
+            raise ConfigError(
+                source, "$.state.url", "the redis state backend needs a url (redis://host:port/db)"
+            )
+        url = urlsplit(state.url)
+        if url.scheme not in ("redis", "rediss", "unix") or not (url.hostname or url.path):
+            raise ConfigError(
+                source, "$.state.url", "expected redis://host:port/db, rediss://… or unix://path"
+            )
+    elif state.url:
+        raise ConfigError(source, "$.state.url", "a url is only used with backend: redis")
+    if not state.prefix or any(c in state.prefix for c in " {}\r\n"):
+        raise ConfigError(source, "$.state.prefix", "expected a non-empty name without spaces or braces")
 
 
 def _check_routing_policy(config: Config, source: str) -> None:
@@ -374,6 +470,31 @@ def _locate(error: msgspec.ValidationError) -> tuple[str, str]:
     return where.strip("`"), message
 
 
+def _name_the_key(tree: dict[str, Any], path: str) -> str:
+    """msgspec writes ``$.services[...].budget`` for a value inside a mapping; find which key's
+    value fails (by converting the tree with only that entry), so the message names it."""
+    head, sep, rest = path.partition("[...]")
+    if not sep:
+        return path
+    parts = head.removeprefix("$.").split(".")
+    parent: Any = tree
+    for part in parts[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    mapping = parent.get(parts[-1]) if isinstance(parent, dict) else None
+    if not isinstance(mapping, dict):
+        return path
+    for key, value in mapping.items():
+        parent[parts[-1]] = {key: value}
+        try:
+            msgspec.convert(tree, Config, strict=False)
+        except msgspec.ValidationError as exc:
+            if _locate(exc)[0] == path:
+                return f"{head}.{key}{rest}"
+        finally:
+            parent[parts[-1]] = mapping
+    return path
+
+
 def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
     """Parse YAML text into a validated :class:`Config`, or raise :class:`ConfigError`."""
     try:
@@ -388,7 +509,7 @@ def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | N
         config = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as exc:
         path, message = _locate(exc)
-        raise ConfigError(source, path, message) from None
+        raise ConfigError(source, _name_the_key(tree, path), message) from None
     _check_references(config, source)
     return config
 

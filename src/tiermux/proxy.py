@@ -1,6 +1,7 @@
 """The hot path: one OpenAI-style request from the client to a backend and its answer back.
 
     read body (bounded) -> decode routing fields -> route (resolve, classify, policy)
+    -> reserve the worst case against the service's budget (downgrade or refuse past it)
     -> splice ``model`` -> try the chain's backends, cheapest healthy first, until one answers
     -> relay the answer
 
@@ -23,8 +24,9 @@ from typing import Any
 import msgspec
 
 from tiermux._speedups import h1client, jsonscan
+from tiermux.accounting.budget import Budgets, Reservation
 from tiermux.accounting.ledger import Ledger
-from tiermux.accounting.usage import UsageTap, ask_for_usage, usage_of
+from tiermux.accounting.usage import Usage, UsageTap, ask_for_usage, usage_of
 from tiermux.api.disconnect import DisconnectWatcher
 from tiermux.api.errors import (
     BadGateway,
@@ -81,11 +83,13 @@ class Forwarder:
         max_body_bytes: int,
         health: Health,
         ledger: Ledger,
+        budgets: Budgets,
     ) -> None:
         self.router = router
         self.backends = backends
         self.health = health
         self.ledger = ledger
+        self.budgets = budgets
         self.services = frozenset(ledger.services)
         self.max_body_bytes = max_body_bytes
         # Every combination is built once; all parts come from config and fixed sets.
@@ -138,22 +142,43 @@ class Forwarder:
         """Route a request body: decode what routing reads, resolve its model, classify, decide."""
         return self._route(endpoint, body, scope)[0]
 
-    def _route(self, endpoint: str, body: bytes, scope: Scope) -> tuple[Decision, bool]:
-        """The decision, and whether the request asks for a stream."""
+    def _route(self, endpoint: str, body: bytes, scope: Scope) -> tuple[Decision, RequestText | None]:
+        """The decision, and the request as routing read it (None when it could not)."""
         model, request = _routing_input(endpoint, body)
         if model is None:
             raise BadRequest("You must provide a model parameter.", param="model")
         route = self.router.resolve(model)
-        return self.router.decide(route, request, scope["headers"]), request is not None and request.stream
+        return self.router.decide(route, request, scope["headers"]), request
 
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.health.start()
         body = await self.receive_body(receive)
         service = self._service(scope)
-        decision, stream = self._route(endpoint, body, scope)
+        decision, request = self._route(endpoint, body, scope)
+        if service not in self.budgets.rules:
+            await self._answer(endpoint, body, request, decision, service, None, receive, send)
+            return
+        decision, reservation = await self.budgets.admit(service, decision, endpoint, len(body), request)
+        try:
+            await self._answer(endpoint, body, request, decision, service, reservation, receive, send)
+        finally:
+            if reservation is not None:
+                reservation.settle(0)  # released, unless booking the answer settled it already
+
+    async def _answer(
+        self,
+        endpoint: str,
+        body: bytes,
+        request: RequestText | None,
+        decision: Decision,
+        service: str,
+        reservation: Reservation | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         # A stream reports its usage only when asked: ask, and take the answer out again.
         strip_usage = False
-        if stream:
+        if request is not None and request.stream:
             asked = ask_for_usage(body)
             if asked is not None:
                 body, strip_usage = asked, True
@@ -164,20 +189,34 @@ class Forwarder:
         with self.disconnects.watch(receive):
             backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
-            category = decision.classification.category if decision.classification else None
             if payload is not None:
                 if response.status < 400:
-                    self.ledger.record(service, backend.name, decision.tier, category, usage_of(payload))
+                    self._book(service, backend, decision, usage_of(payload), reservation)
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
-            else:
-                tap = UsageTap(strip_usage)
-                try:
-                    await self._relay_stream(response, headers, send, backend.name, tap)
-                finally:
-                    self.health.finished(backend.name)
-                    if response.status < 400:
-                        self.ledger.record(service, backend.name, decision.tier, category, tap.usage)
+                return
+            tap = UsageTap(strip_usage)
+            try:
+                await self._relay_stream(response, headers, send, backend.name, tap)
+            finally:
+                self.health.finished(backend.name)
+                if response.status < 400:
+                    self._book(service, backend, decision, tap.usage, reservation)
+
+    def _book(
+        self,
+        service: str,
+        backend: Backend,
+        decision: Decision,
+        usage: Usage | None,
+        reservation: Reservation | None,
+    ) -> None:
+        """Book an answer in the ledger and settle its reservation at the same cost, together,
+        so that the budget's spend and the books never disagree."""
+        category = decision.classification.category if decision.classification else None
+        cost = self.ledger.record(service, backend.name, decision.tier, category, usage)
+        if reservation is not None:
+            reservation.settle(cost)
 
     def _service(self, scope: Scope) -> str:
         """Whom the request is booked to: its key's service; else the service named by the

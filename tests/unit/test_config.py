@@ -539,14 +539,30 @@ def test_cli_requires_a_command() -> None:
     ("services", "field", "message"),
     [
         ({"alpha": {"keys": ["literal-key"]}}, "$.services.alpha.keys[0]", "environment"),
-        ({"default": {"keys": ["${K1}"]}}, "$.services.default", "requests without one"),
+        ({"default": {"keys": ["${K1}"]}}, "$.services.default.keys", "no keys of its own"),
+        (
+            {"alpha": {"budget": {"daily_usd": 5, "downgrade_tier": "nope"}}},
+            "$.services.alpha.budget.downgrade_tier",
+            "unknown tier",
+        ),
+        ({"alpha": {"budget": {"daily_usd": -1}}}, "$.services.alpha.budget.daily_usd", ">= 0"),
+        ({"alpha": {"budget": {"daily_usd": 1, "policy": "ignore"}}}, "$.services.alpha.budget.policy", ""),
+        ({"alpha": {"budget": {}}}, "$.services.alpha.budget", "daily_usd"),
         (
             {"alpha": {"keys": ["${K1}"]}, "beta": {"keys": ["${K1}"]}},
             "$.services.beta.keys[0]",
             "another service",
         ),
     ],
-    ids=["literal-key", "reserved-name", "shared-key"],
+    ids=[
+        "literal-key",
+        "default-with-keys",
+        "unknown-downgrade-tier",
+        "negative-budget",
+        "unknown-policy",
+        "budget-without-limit",
+        "shared-key",
+    ],
 )
 def test_service_errors_name_the_field(services: dict[str, object], field: str, message: str) -> None:
     text = yaml.safe_dump(
@@ -558,4 +574,56 @@ def test_service_errors_name_the_field(services: dict[str, object], field: str, 
     )
     with pytest.raises(ConfigError) as error:
         parse_config(text, "t.yaml", env={"K1": "one"})
+    assert field in str(error.value) and message in str(error.value)
+
+
+def test_the_default_service_may_have_a_budget() -> None:
+    text = yaml.safe_dump(
+        {
+            "backends": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "model": "m"}],
+            "tiers": {"cheap": ["a"], "capable": ["a"]},
+            "services": {"default": {"budget": {"daily_usd": 2.5, "policy": "reject"}}},
+            "budgets": {"timezone": "Europe/Paris", "assumed_output_tokens": 1000},
+        }
+    )
+    config = parse_config(text, "t.yaml")
+    assert config.service_names == ["default"]
+    rule = config.budget_rules["default"]
+    assert (rule.daily_usd, rule.policy, rule.downgrade_tier) == (2.5, "reject", None)
+    assert config.budgets.timezone == "Europe/Paris"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "message"),
+    [
+        ({"budgets": {"timezone": "Mars/Olympus"}}, "$.budgets.timezone", "unknown time zone"),
+        ({"budgets": {"assumed_output_tokens": 0}}, "$.budgets.assumed_output_tokens", ">= 1"),
+        ({"state": {"backend": "redis"}}, "$.state.url", "needs a url"),
+        ({"state": {"backend": "redis", "url": "http://x:1"}}, "$.state.url", "redis://"),
+        ({"state": {"url": "redis://127.0.0.1:6379/0"}}, "$.state.url", "only used with backend: redis"),
+        ({"state": {"backend": "etcd"}}, "$.state.backend", ""),
+        ({"state": {"backend": "redis", "url": "redis://h:1", "prefix": "a b"}}, "$.state.prefix", "spaces"),
+        ({"state": {"backend": "redis", "url": "redis://h:1", "on_failure": "x"}}, "$.state.on_failure", ""),
+    ],
+    ids=[
+        "timezone",
+        "output-cap",
+        "redis-no-url",
+        "redis-bad-url",
+        "url-without-redis",
+        "backend",
+        "prefix",
+        "failure",
+    ],
+)
+def test_budget_and_state_errors_name_the_field(extra: dict[str, object], field: str, message: str) -> None:
+    text = yaml.safe_dump(
+        {
+            "backends": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "model": "m"}],
+            "tiers": {"cheap": ["a"]},
+            **extra,
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "t.yaml")
     assert field in str(error.value) and message in str(error.value)

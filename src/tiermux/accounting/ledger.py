@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tiermux._speedups import atomics
 from tiermux.accounting.usage import Usage
-from tiermux.config import DEFAULT_SERVICE, Config, Price
+from tiermux.config import Config, Price
 from tiermux.routing.categories import CATEGORIES
 
 __all__ = ["FIELDS", "Ledger", "ledger_cells"]
@@ -26,7 +26,7 @@ PICO = 10**12
 
 def ledger_cells(config: Config) -> int:
     """Cells the ledger needs for ``config``."""
-    services = len(config.services) + 1
+    services = len(config.service_names)
     return services * len(config.backends) * (len(config.tiers) + 1) * (len(CATEGORIES) + 1) * FIELDS
 
 
@@ -57,7 +57,7 @@ class Ledger:
         if cells.count < ledger_cells(config):
             raise ValueError("not enough cells for the ledger")
         self._cells = cells
-        self.services = [DEFAULT_SERVICE, *config.services]
+        self.services = config.service_names
         self._service_index = {name: i for i, name in enumerate(self.services)}
         self.backends = [b.name for b in config.backends]
         self.tiers = [*config.tiers, PINNED_TIER]
@@ -79,21 +79,25 @@ class Ledger:
         c = self._category_index[category or NO_CATEGORY]
         return (((s * len(self.backends) + b) * len(self.tiers) + t) * len(self.categories) + c) * FIELDS
 
-    def record(
-        self, service: str, backend: str, tier: str, category: str | None, usage: Usage | None
-    ) -> None:
-        """Book one answered request; without usage it is counted, unmetered."""
+    def prices(self) -> dict[str, tuple[int, int]]:
+        """Each backend's dearest input and its output price, pico-USD per token (for budgets)."""
+        return {name: (max(p.input, p.cached), p.output) for name, p in self._prices.items()}
+
+    def record(self, service: str, backend: str, tier: str, category: str | None, usage: Usage | None) -> int:
+        """Book one answered request; its cost in pico-USD (0 without usage: counted, unmetered)."""
         cells = self._cells
         base = self._base(service, backend, tier, category)
         cells.add(base + REQUESTS, 1)
         if usage is None:
             cells.add(base + UNMETERED, 1)
-            return
+            return 0
+        cost = self._prices[backend].cost(usage)
         cells.add(base + INPUT, usage.prompt_tokens)
         cells.add(base + CACHED, usage.cached_tokens)
         cells.add(base + OUTPUT, usage.completion_tokens)
-        cells.add(base + COST, self._prices[backend].cost(usage))
+        cells.add(base + COST, cost)
         cells.add(base + BASELINE, self._baseline.cost(usage))
+        return cost
 
     def snapshot(self) -> dict[str, object]:
         """Totals, and the same by service, backend, tier and category (what ``/stats`` shows)."""

@@ -44,10 +44,18 @@ class ProxyError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers  # extra response headers (``retry-after``, say)
         if code is not None:
             self.code = code
 

@@ -50,6 +50,7 @@ class ChatFields(msgspec.Struct):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
+    n: int | None = None
 
 
 class CompletionFields(msgspec.Struct):
@@ -61,12 +62,14 @@ class CompletionFields(msgspec.Struct):
     prompt: str | list[str | int | list[int]] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    n: int | None = None
 
 
 class RequestText:
     """A request as the classifier sees it."""
 
     __slots__ = (
+        "choices",
         "image",
         "json_mode",
         "last",
@@ -94,6 +97,7 @@ class RequestText:
         max_tokens: int | None = None,
         temperature: float | None = None,
         stream: bool = False,
+        choices: int = 1,
     ) -> None:
         self.last = last
         self.system = system
@@ -106,6 +110,7 @@ class RequestText:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.stream = stream
+        self.choices = choices  # ``n``
 
     def __repr__(self) -> str:
         return f"<RequestText turns={self.turns} chars={self.total_chars} last={self.last[:40]!r}>"
@@ -159,6 +164,7 @@ def from_chat(fields: ChatFields) -> RequestText:
         max_tokens=fields.max_completion_tokens or fields.max_tokens,
         temperature=fields.temperature,
         stream=fields.stream is True,
+        choices=fields.n or 1,
     )
 
 
@@ -166,7 +172,11 @@ def from_completion(fields: CompletionFields) -> RequestText:
     prompt = fields.prompt
     text = "\n".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt or ""
     return RequestText(
-        text, max_tokens=fields.max_tokens, temperature=fields.temperature, stream=fields.stream is True
+        text,
+        max_tokens=fields.max_tokens,
+        temperature=fields.temperature,
+        stream=fields.stream is True,
+        choices=fields.n or 1,
     )
 
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 import os
 
 from tiermux.config import Config
+from tiermux.state.budget_cells import BUDGET_FIELDS, LocalBudgetStore
 from tiermux.state.segment import STATE_ENV, Layout, Segment, SegmentError
 
-__all__ = ["HEALTH_FIELDS", "STATE_ENV", "Layout", "Segment", "SegmentError", "layout_for", "open_segment"]
+__all__ = [
+    "HEALTH_FIELDS",
+    "STATE_ENV",
+    "Layout",
+    "Segment",
+    "SegmentError",
+    "budget_store",
+    "layout_for",
+    "open_segment",
+]
 
 # Cells per backend in the "health" block (see tiermux.upstream.health).
 HEALTH_FIELDS = 7
@@ -18,11 +28,15 @@ def layout_for(config: Config) -> Layout:
 
     names = [backend.name for backend in config.backends]
     return Layout(
-        {"health": HEALTH_FIELDS * len(names), "ledger": ledger_cells(config)},
+        {
+            "health": HEALTH_FIELDS * len(names),
+            "ledger": ledger_cells(config),
+            "budgets": BUDGET_FIELDS * len(config.service_names),
+        },
         [
             f"backends={','.join(names)}",
             f"tiers={','.join(config.tiers)}",
-            f"services={','.join(config.services)}",
+            f"services={','.join(config.service_names)}",
         ],
     )
 
@@ -35,3 +49,8 @@ def open_segment(config: Config) -> Segment:
     if path:
         return Segment.attach(path, layout)
     return Segment.anonymous(layout)
+
+
+def budget_store(config: Config, segment: Segment) -> LocalBudgetStore:
+    """Where the budgets of ``config`` are kept: this machine's segment, or Redis in front of it."""
+    return LocalBudgetStore(config.service_names, segment.cells("budgets"))

@@ -1,0 +1,109 @@
+"""Daily budgets in the shared segment: what every worker of one ``serve`` has committed today.
+
+Each service has a ring of ``SLOTS`` day slots; day ``d`` lives in slot ``d % SLOTS``. A slot is
+three cells:
+
+- ``DAY``: the day the slot holds (``-d`` while a worker opens it for day ``d``);
+- ``COMMITTED``: settled costs plus outstanding reservations, in pico-USD. Reserving is one
+  bounded atomic add (``add_bounded``), so however many workers reserve at once, committed never
+  passes the limit through a reservation;
+- ``SPENT``: settled costs only (``COMMITTED - SPENT`` is what is reserved right now).
+
+A request reserved on one day settles on that day's slot even after midnight, which is why a slot
+is reused only ``SLOTS`` days later. Opening a slot for a new day is the one step of more than one
+cell: a worker claims the slot (``DAY`` from an old day to ``-d``, so exactly one does), zeroes it
+and publishes ``d``; the others wait the few instructions that takes. A worker killed inside a
+claim would leave ``-d`` behind, so a waiter that has waited long takes the opening over.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from tiermux._speedups import atomics
+
+__all__ = ["BUDGET_FIELDS", "LocalBudgetStore"]
+
+SLOTS = 4
+DAY, COMMITTED, SPENT = range(3)
+SLOT_FIELDS = 3
+DOWNGRADED, REJECTED = SLOTS * SLOT_FIELDS, SLOTS * SLOT_FIELDS + 1  # counters since start
+BUDGET_FIELDS = SLOTS * SLOT_FIELDS + 2  # cells per service
+_CLAIM_SPINS = 100_000  # far longer than an opening takes, far shorter than a human notices
+
+
+class LocalBudgetStore:
+    """Reserve, settle and read the day's budget of each service in shared cells."""
+
+    shared = False  # with this machine's workers only
+    name = "local"
+
+    def __init__(self, services: Sequence[str], cells: atomics.Cells) -> None:
+        if cells.count < BUDGET_FIELDS * len(services):
+            raise ValueError("not enough cells for every service's budget")
+        self._cells = cells
+        self._base = {name: i * BUDGET_FIELDS for i, name in enumerate(services)}
+
+    def __repr__(self) -> str:
+        return f"<LocalBudgetStore services={list(self._base)}>"
+
+    def _slot(self, service: str, day: int) -> int:
+        """The first cell of ``service``'s slot for ``day``, opened for it if need be."""
+        base = self._base[service] + (day % SLOTS) * SLOT_FIELDS
+        if self._cells.load(base + DAY) == day:
+            return base
+        return self._open(base, day)
+
+    def _open(self, base: int, day: int) -> int:
+        cells = self._cells
+        for spin in range(_CLAIM_SPINS):
+            marked = cells.load(base + DAY)
+            if marked == day:
+                return base
+            if marked == -day:  # another worker is opening it
+                if spin % 64 == 63:
+                    os.sched_yield()
+                continue
+            if cells.compare_exchange(base + DAY, marked, -day):
+                break
+        # Claimed, or the claimer died holding it: either way, open it.
+        cells.store(base + COMMITTED, 0)
+        cells.store(base + SPENT, 0)
+        cells.store(base + DAY, day)
+        return base
+
+    async def reserve(self, service: str, day: int, amount: int, limit: int) -> bool:
+        """Hold ``amount`` pico-USD of ``service``'s ``day`` if committed stays within ``limit``."""
+        return self.try_reserve(service, day, amount, limit)
+
+    def try_reserve(self, service: str, day: int, amount: int, limit: int) -> bool:
+        base = self._slot(service, day)
+        return self._cells.add_bounded(base + COMMITTED, amount, limit)
+
+    def settle(self, service: str, day: int, reserved: int, actual: int) -> None:
+        """Replace a reservation by the actual cost (0 releases it)."""
+        cells = self._cells
+        base = self._base[service] + (day % SLOTS) * SLOT_FIELDS
+        if cells.load(base + DAY) != day:
+            return  # the slot has moved on to a later day: that day's books are closed
+        if actual != reserved:
+            cells.add(base + COMMITTED, actual - reserved)
+        if actual:
+            cells.add(base + SPENT, actual)
+
+    def count(self, service: str, downgraded: bool) -> None:
+        self._cells.add(self._base[service] + (DOWNGRADED if downgraded else REJECTED), 1)
+
+    async def totals(self, service: str, day: int) -> tuple[int, int, int, int]:
+        """Spent and committed today (pico-USD), and requests downgraded and rejected since start."""
+        return self.read(service, day)
+
+    def read(self, service: str, day: int) -> tuple[int, int, int, int]:
+        cells = self._cells
+        base = self._base[service]
+        slot = base + (day % SLOTS) * SLOT_FIELDS
+        spent = committed = 0
+        if cells.load(slot + DAY) == day:
+            spent, committed = cells.load(slot + SPENT), cells.load(slot + COMMITTED)
+        return spent, committed, cells.load(base + DOWNGRADED), cells.load(base + REJECTED)
