@@ -95,13 +95,14 @@ class BudgetClock:
     def __init__(self, timezone: str) -> None:
         self.zone = zoneinfo.ZoneInfo(timezone)
         self._day = 0
-        self._next = 0.0  # epoch seconds of the next midnight
+        self._start = self._next = 0.0  # epoch seconds of the day's midnight and the next one
 
     def today(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        if now >= self._next or now < self._next - 90_000:  # a new day, or the clock went back
+        if not self._start <= now < self._next:  # a new day (or the clock was set back)
             date = datetime.datetime.fromtimestamp(now, self.zone).date()
             self._day = date.toordinal()
+            self._start = datetime.datetime.combine(date, datetime.time(), self.zone).timestamp()
             self._next = self.midnight_after(date)
         return self._day
 
