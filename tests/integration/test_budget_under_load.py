@@ -1,0 +1,144 @@
+"""The budget holds under load: a real ``tiermux serve`` with 2 and 4 workers, 2,000 requests
+at once against a small daily budget.
+
+Each request names its own ``max_tokens`` and carries a prompt of its own length, so every answer
+costs something different. Afterwards:
+
+- spend never passed the limit by more than one request's worst case;
+- the recorded spend (the budget's and the books') equals, to the pico-dollar, the sum of the
+  costs of the answered requests, computed here from the usage each answer carried;
+- nothing stays reserved, and every request was either answered or refused with 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from bench.mock_backend import run_in_thread
+from tests.support import CLOUD_MODEL, VLLM_MODEL, ServerProcess, backend_entry
+
+PICO = 10**12
+PRICES = {"local": (0.2, 0.6), "cloud": (3.0, 15.0)}  # USD per 1M tokens
+REQUESTS = 2000
+LIMIT_USD = 0.4  # about half of what the requests would cost on the cloud backend
+
+
+def _per_token(price: float) -> int:
+    return round(price * 1_000_000)
+
+
+def _price(backend: str) -> dict[str, float]:
+    return {"input": PRICES[backend][0], "output": PRICES[backend][1]}
+
+
+def _cost(backend: str, usage: dict[str, int]) -> int:
+    input_price, output_price = PRICES[backend]
+    return usage["prompt_tokens"] * _per_token(input_price) + usage["completion_tokens"] * _per_token(
+        output_price
+    )
+
+
+async def _post(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on its own connection (so that all of them are open at once)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: tiermux\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    raw = await reader.read(-1)
+    writer.close()
+    head_bytes, _, payload = raw.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, payload
+
+
+async def _storm(port: int, bodies: list[bytes]) -> list[tuple[int, dict[str, str], bytes]]:
+    gate = asyncio.Event()
+
+    async def one(body: bytes) -> tuple[int, dict[str, str], bytes]:
+        await gate.wait()
+        return await _post(port, body)
+
+    tasks = [asyncio.ensure_future(one(body)) for body in bodies]
+    await asyncio.sleep(0.05)
+    gate.set()
+    return await asyncio.gather(*tasks)
+
+
+@pytest.mark.parametrize(("workers", "policy"), [(2, "reject"), (4, "downgrade")])
+def test_the_budget_holds_under_two_thousand_concurrent_requests(
+    workers: int,
+    policy: str,
+    tmp_path: Path,
+    config_file: Callable[[dict[str, Any]], Path],
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # Own mocks: slow enough (100 ms) that the requests overlap, with up to 64 tokens an answer.
+    local = run_in_thread(flavor="vllm", model=VLLM_MODEL, latency_ms=100, tokens=64)
+    cloud = run_in_thread(flavor="vllm", model=CLOUD_MODEL, latency_ms=100, tokens=64)
+    try:
+        tree = {
+            "backends": [
+                backend_entry("local", local.url, VLLM_MODEL, price=_price("local")),
+                backend_entry("cloud", cloud.url, CLOUD_MODEL, price=_price("cloud")),
+            ],
+            "tiers": {"cheap": ["local"], "capable": ["cloud"]},
+            "routing": {"aliases": {"smart": "capable"}, "classifier": {"enabled": False}},
+            "services": {"default": {"budget": {"daily_usd": LIMIT_USD, "policy": policy}}},
+        }
+        server = server_factory(config_file(tree), workers=workers)
+        rng = random.Random(workers)
+        bodies = [
+            json.dumps(
+                {
+                    "model": "smart",
+                    "max_tokens": rng.randrange(1, 65),
+                    "messages": [{"role": "user", "content": "word " * rng.randrange(10, 400)}],
+                }
+            ).encode()
+            for _ in range(REQUESTS)
+        ]
+        answers = asyncio.run(_storm(server.port, bodies))
+
+        statuses = [status for status, _, _ in answers]
+        assert set(statuses) <= {200, 429}, sorted(set(statuses))
+        answered = [(h["x-tiermux-backend"], json.loads(p)) for s, h, p in answers if s == 200]
+        assert answered and statuses.count(429) > 0
+        actual = sum(_cost(backend, answer["usage"]) for backend, answer in answered)
+        # The dearest worst case of any request: its body over 3 bytes a token plus 32, and its output.
+        worst = max(
+            (len(body) // 3 + 32) * _per_token(3.0) + json.loads(body)["max_tokens"] * _per_token(15.0)
+            for body in bodies
+        )
+
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            stats = client.get("/stats").json()
+        budget = stats["budgets"]["default"]
+        assert budget["reserved_usd"] == 0  # every reservation was settled or released
+        assert budget["spent_usd"] == actual / PICO  # the same integer sum, divided once
+        assert stats["by_service"]["default"]["spend_usd"] == actual / PICO
+        assert actual <= round(LIMIT_USD * PICO) + worst
+        print(
+            f"{workers} workers, {policy}: {len(answered)} answered, {statuses.count(429)} refused, "
+            f"spent {actual / PICO:.6f} of {LIMIT_USD} USD, worst case {worst / PICO:.6f}"
+        )
+        assert stats["total"]["requests"] == len(answered)
+        if policy == "downgrade":
+            downgraded = sum(1 for backend, _ in answered if backend == "local")
+            assert downgraded == budget["downgraded_requests"] > 0
+            assert budget["rejected_requests"] == statuses.count(429)
+        else:
+            assert {backend for backend, _ in answered} == {"cloud"}
+            assert budget["rejected_requests"] == statuses.count(429)
+    finally:
+        local.stop()
+        cloud.stop()
