@@ -355,12 +355,9 @@ def _check_references(config: Config, source: str) -> None:
                 f"{where}.keys",
                 f"{DEFAULT_SERVICE!r} serves requests without a service key; it has no keys of its own",
             )
-        budget = service.budget
-        tier = budget.downgrade_tier if budget is not None else None
-        if tier is not None and tier not in config.tiers:
-            raise ConfigError(
-                source, f"{where}.budget.downgrade_tier", f"unknown tier {budget.downgrade_tier!r}"
-            )
+        downgrade_tier = service.budget.downgrade_tier if service.budget is not None else None
+        if downgrade_tier is not None and downgrade_tier not in config.tiers:
+            raise ConfigError(source, f"{where}.budget.downgrade_tier", f"unknown tier {downgrade_tier!r}")
         for i, key in enumerate(service.keys):
             if not key:
                 raise ConfigError(

@@ -45,13 +45,17 @@ NO_OUTPUT_ENDPOINTS = frozenset({"/embeddings"})
 class BudgetStore(Protocol):
     """Where the day's commitments live (shared memory, or Redis)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    async def reserve(self, service: str, day: int, amount: int, limit: int) -> bool: ...
+    async def reserve(self, service: str, day: int, amount: int, limit: int) -> BudgetStore | None:
+        """Hold ``amount`` if the day's commitments stay within ``limit``: the store that holds
+        it (Redis falls back to this machine's store while it is away), None if it does not fit."""
 
-    def settle(self, service: str, day: int, reserved: int, actual: int) -> None: ...
+    def settle(self, service: str, day: int, reserved: int, actual: int) -> None:
+        """Replace a reservation by the actual cost; 0 releases it. Never blocks."""
 
-    def count(self, service: str, downgraded: bool) -> None: ...
+    def count(self, service: str, day: int, downgraded: bool) -> None: ...
 
     async def totals(self, service: str, day: int) -> tuple[int, int, int, int]: ...
 
@@ -192,21 +196,23 @@ class Budgets:
         if amount == 0:
             return decision, None
         store = self.store
-        if await store.reserve(service, day, amount, rule.limit):
-            return decision, Reservation(store, service, day, amount)
+        holder = await store.reserve(service, day, amount, rule.limit)
+        if holder is not None:
+            return decision, Reservation(holder, service, day, amount)
         if rule.downgrade and not decision.pinned and decision.tier != rule.downgrade_tier:
             chain = self.tiers[rule.downgrade_tier]
             amount = self.worst_case(chain, endpoint, body_size, request)
-            if amount == 0 or await store.reserve(service, day, amount, rule.limit):
-                store.count(service, downgraded=True)
+            holder = await store.reserve(service, day, amount, rule.limit) if amount else None
+            if amount == 0 or holder is not None:
+                store.count(service, day, downgraded=True)
                 downgraded = Decision(
                     rule.downgrade_tier,
                     chain,
                     decision.classification,
                     (*decision.reasons, f"budget of {service!r} nearly spent: from {decision.tier}"),
                 )
-                return downgraded, Reservation(store, service, day, amount) if amount else None
-        store.count(service, downgraded=False)
+                return downgraded, Reservation(holder, service, day, amount) if holder else None
+        store.count(service, day, downgraded=False)
         raise BudgetExceeded(
             f"The daily budget of service {service!r} (${rule.usd:g}) would be exceeded by this request; "
             f"it resets in {self.clock.resets_in() / 3600:.1f} h.",
@@ -232,6 +238,6 @@ class Budgets:
                 "rejected_requests": rejected,
                 "day": date.isoformat(),
                 "resets_at": resets_at.isoformat(),
-                "store": self.store.name,
+                "store": self.store.name,  # "local", "redis", or "local (redis unreachable)"
             }
         return budgets

@@ -1,13 +1,14 @@
 """Daily budgets in the shared segment: what every worker of one ``serve`` has committed today.
 
 Each service has a ring of ``SLOTS`` day slots; day ``d`` lives in slot ``d % SLOTS``. A slot is
-three cells:
+five cells:
 
 - ``DAY``: the day the slot holds (``-d`` while a worker opens it for day ``d``);
 - ``COMMITTED``: settled costs plus outstanding reservations, in pico-USD. Reserving is one
   bounded atomic add (``add_bounded``), so however many workers reserve at once, committed never
   passes the limit through a reservation;
-- ``SPENT``: settled costs only (``COMMITTED - SPENT`` is what is reserved right now).
+- ``SPENT``: settled costs only (``COMMITTED - SPENT`` is what is reserved right now);
+- ``DOWNGRADED`` and ``REJECTED``: requests of the day the budget downgraded or refused.
 
 A request reserved on one day settles on that day's slot even after midnight, which is why a slot
 is reused only ``SLOTS`` days later. Opening a slot for a new day is the one step of more than one
@@ -26,10 +27,9 @@ from tiermux._speedups import atomics
 __all__ = ["BUDGET_FIELDS", "LocalBudgetStore"]
 
 SLOTS = 4
-DAY, COMMITTED, SPENT = range(3)
-SLOT_FIELDS = 3
-DOWNGRADED, REJECTED = SLOTS * SLOT_FIELDS, SLOTS * SLOT_FIELDS + 1  # counters since start
-BUDGET_FIELDS = SLOTS * SLOT_FIELDS + 2  # cells per service
+DAY, COMMITTED, SPENT, DOWNGRADED, REJECTED = range(5)
+SLOT_FIELDS = 5
+BUDGET_FIELDS = SLOTS * SLOT_FIELDS  # cells per service
 _CLAIM_SPINS = 100_000  # far longer than an opening takes, far shorter than a human notices
 
 
@@ -68,14 +68,15 @@ class LocalBudgetStore:
             if cells.compare_exchange(base + DAY, marked, -day):
                 break
         # Claimed, or the claimer died holding it: either way, open it.
-        cells.store(base + COMMITTED, 0)
-        cells.store(base + SPENT, 0)
+        for field in range(1, SLOT_FIELDS):
+            cells.store(base + field, 0)
         cells.store(base + DAY, day)
         return base
 
-    async def reserve(self, service: str, day: int, amount: int, limit: int) -> bool:
-        """Hold ``amount`` pico-USD of ``service``'s ``day`` if committed stays within ``limit``."""
-        return self.try_reserve(service, day, amount, limit)
+    async def reserve(self, service: str, day: int, amount: int, limit: int) -> LocalBudgetStore | None:
+        """Hold ``amount`` pico-USD of ``service``'s ``day`` if committed stays within ``limit``;
+        the store that holds it (this one), or None when it does not fit."""
+        return self if self.try_reserve(service, day, amount, limit) else None
 
     def try_reserve(self, service: str, day: int, amount: int, limit: int) -> bool:
         base = self._slot(service, day)
@@ -92,18 +93,17 @@ class LocalBudgetStore:
         if actual:
             cells.add(base + SPENT, actual)
 
-    def count(self, service: str, downgraded: bool) -> None:
-        self._cells.add(self._base[service] + (DOWNGRADED if downgraded else REJECTED), 1)
+    def count(self, service: str, day: int, downgraded: bool) -> None:
+        self._cells.add(self._slot(service, day) + (DOWNGRADED if downgraded else REJECTED), 1)
 
     async def totals(self, service: str, day: int) -> tuple[int, int, int, int]:
-        """Spent and committed today (pico-USD), and requests downgraded and rejected since start."""
+        """Spent and committed on ``day`` (pico-USD), and requests downgraded and refused."""
         return self.read(service, day)
 
     def read(self, service: str, day: int) -> tuple[int, int, int, int]:
         cells = self._cells
-        base = self._base[service]
-        slot = base + (day % SLOTS) * SLOT_FIELDS
-        spent = committed = 0
-        if cells.load(slot + DAY) == day:
-            spent, committed = cells.load(slot + SPENT), cells.load(slot + COMMITTED)
-        return spent, committed, cells.load(base + DOWNGRADED), cells.load(base + REJECTED)
+        slot = self._base[service] + (day % SLOTS) * SLOT_FIELDS
+        if cells.load(slot + DAY) != day:
+            return 0, 0, 0, 0
+        load = cells.load
+        return load(slot + SPENT), load(slot + COMMITTED), load(slot + DOWNGRADED), load(slot + REJECTED)
