@@ -15,6 +15,7 @@ from tests.support import (
     LOOPS,
     VLLM_MODEL,
     ProxyClient,
+    RedisServer,
     ServerProcess,
     reset_mock,
     run_on,
@@ -150,6 +151,14 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` for the distributed mode (each test uses its own key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 # --- event loops for the hot-path client ---------------------------------------------------------

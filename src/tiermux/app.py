@@ -26,6 +26,8 @@ from tiermux.config import Config, load_config
 from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
 from tiermux.state import budget_store, open_segment
+from tiermux.state.redis_health import RedisHealthMirror
+from tiermux.state.redis_link import RedisLink
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.health import Health
 
@@ -56,7 +58,11 @@ class TiermuxApp:
         )
         capable = config.tiers[self.router.policy.category_tier["reasoning"]][0]
         self.ledger = Ledger(config, self.segment.cells("ledger"), capable)
-        self.budgets = Budgets(config, budget_store(config, self.segment), self.ledger.prices())
+        # Redis, when configured, shares budgets and health with the other instances.
+        self.redis = RedisLink(config.state) if config.state.backend == "redis" else None
+        if self.redis is not None:
+            self.health.mirror = RedisHealthMirror(self.redis)
+        self.budgets = Budgets(config, budget_store(config, self.segment, self.redis), self.ledger.prices())
         self.forwarder = Forwarder(
             self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger, self.budgets
         )
@@ -177,6 +183,9 @@ class TiermuxApp:
 
     async def aclose(self) -> None:
         await self.health.close()
+        if self.redis is not None:
+            await self.budgets.drain()
+            await self.redis.aclose()
         self.segment.close(remove=False)  # the segment is its serve's to remove
         self.forwarder.disconnects.close()
         for backend in self.backends.values():

@@ -213,7 +213,7 @@ class StateConfig(_Strict, frozen=True):
     on_failure: Literal["local", "closed"] = "local"
     """When Redis can't be reached: go on with this machine's state and warn (``local``), or
     refuse requests of services with a budget with 503 until it is back (``closed``)."""
-    timeout: PositiveFloat = 0.25
+    timeout: PositiveFloat = 1.0
     """Seconds a Redis call may take before it counts as a failure."""
     retry_interval: PositiveFloat = 2.0
     """Seconds between attempts to reach Redis again after a failure."""

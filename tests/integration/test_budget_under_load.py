@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from bench.mock_backend import run_in_thread
-from tests.support import CLOUD_MODEL, VLLM_MODEL, ServerProcess, backend_entry
+from tests.support import CLOUD_MODEL, VLLM_MODEL, ServerProcess, backend_entry, storm
 
 PICO = 10**12
 PRICES = {"local": (0.2, 0.6), "cloud": (3.0, 15.0)}  # USD per 1M tokens
@@ -43,35 +43,6 @@ def _cost(backend: str, usage: dict[str, int]) -> int:
     return usage["prompt_tokens"] * _per_token(input_price) + usage["completion_tokens"] * _per_token(
         output_price
     )
-
-
-async def _post(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One request on its own connection (so that all of them are open at once)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: tiermux\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    raw = await reader.read(-1)
-    writer.close()
-    head_bytes, _, payload = raw.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, payload
-
-
-async def _storm(port: int, bodies: list[bytes]) -> list[tuple[int, dict[str, str], bytes]]:
-    gate = asyncio.Event()
-
-    async def one(body: bytes) -> tuple[int, dict[str, str], bytes]:
-        await gate.wait()
-        return await _post(port, body)
-
-    tasks = [asyncio.ensure_future(one(body)) for body in bodies]
-    await asyncio.sleep(0.05)
-    gate.set()
-    return await asyncio.gather(*tasks)
 
 
 @pytest.mark.parametrize(("workers", "policy"), [(2, "reject"), (4, "downgrade")])
@@ -107,7 +78,7 @@ def test_the_budget_holds_under_two_thousand_concurrent_requests(
             ).encode()
             for _ in range(REQUESTS)
         ]
-        answers = asyncio.run(_storm(server.port, bodies))
+        answers = asyncio.run(storm(server.port, bodies))
 
         statuses = [status for status, _, _ in answers]
         assert set(statuses) <= {200, 429}, sorted(set(statuses))

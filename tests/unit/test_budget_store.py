@@ -59,9 +59,9 @@ def test_a_slot_is_reused_only_days_later_and_stale_settles_are_dropped(store: L
 
 
 def test_downgrades_and_refusals_are_counted(store: LocalBudgetStore) -> None:
-    store.count("team", DAY, downgraded=True)
-    store.count("team", DAY, downgraded=False)
-    store.count("team", DAY, downgraded=False)
+    store.add_count("team", DAY, downgraded=True)
+    store.add_count("team", DAY, downgraded=False)
+    asyncio.run(store.count("team", DAY, downgraded=False))
     assert store.read("team", DAY)[2:] == (1, 2)
     assert store.read("team", DAY + 1)[2:] == (0, 0)  # counted by day
 

@@ -55,7 +55,7 @@ class BudgetStore(Protocol):
     def settle(self, service: str, day: int, reserved: int, actual: int) -> None:
         """Replace a reservation by the actual cost; 0 releases it. Never blocks."""
 
-    def count(self, service: str, day: int, downgraded: bool) -> None: ...
+    async def count(self, service: str, day: int, downgraded: bool) -> None: ...
 
     async def totals(self, service: str, day: int) -> tuple[int, int, int, int]: ...
 
@@ -204,7 +204,7 @@ class Budgets:
             amount = self.worst_case(chain, endpoint, body_size, request)
             holder = await store.reserve(service, day, amount, rule.limit) if amount else None
             if amount == 0 or holder is not None:
-                store.count(service, day, downgraded=True)
+                await store.count(service, day, downgraded=True)
                 downgraded = Decision(
                     rule.downgrade_tier,
                     chain,
@@ -212,12 +212,18 @@ class Budgets:
                     (*decision.reasons, f"budget of {service!r} nearly spent: from {decision.tier}"),
                 )
                 return downgraded, Reservation(holder, service, day, amount) if holder else None
-        store.count(service, day, downgraded=False)
+        await store.count(service, day, downgraded=False)
         raise BudgetExceeded(
             f"The daily budget of service {service!r} (${rule.usd:g}) would be exceeded by this request; "
             f"it resets in {self.clock.resets_in() / 3600:.1f} h.",
             headers=[(b"retry-after", str(int(self.clock.resets_in()) + 1).encode())],
         )
+
+    async def drain(self) -> None:
+        """Let settlements still on their way to a shared store arrive (at shutdown)."""
+        drain = getattr(self.store, "drain", None)
+        if drain is not None:
+            await drain()
 
     async def snapshot(self) -> dict[str, object]:
         """Each budget's state today (what ``/stats`` shows under ``budgets``)."""

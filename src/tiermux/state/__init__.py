@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from tiermux.config import Config
 from tiermux.state.budget_cells import BUDGET_FIELDS, LocalBudgetStore
 from tiermux.state.segment import STATE_ENV, Layout, Segment, SegmentError
+
+if TYPE_CHECKING:
+    from tiermux.accounting.budget import BudgetStore
+    from tiermux.state.redis_link import RedisLink
 
 __all__ = [
     "HEALTH_FIELDS",
@@ -51,6 +56,11 @@ def open_segment(config: Config) -> Segment:
     return Segment.anonymous(layout)
 
 
-def budget_store(config: Config, segment: Segment) -> LocalBudgetStore:
+def budget_store(config: Config, segment: Segment, link: RedisLink | None) -> BudgetStore:
     """Where the budgets of ``config`` are kept: this machine's segment, or Redis in front of it."""
-    return LocalBudgetStore(config.service_names, segment.cells("budgets"))
+    local = LocalBudgetStore(config.service_names, segment.cells("budgets"))
+    if link is None:
+        return local
+    from tiermux.state.redis_budgets import RedisBudgetStore
+
+    return RedisBudgetStore(link, local)

@@ -93,7 +93,10 @@ class LocalBudgetStore:
         if actual:
             cells.add(base + SPENT, actual)
 
-    def count(self, service: str, day: int, downgraded: bool) -> None:
+    async def count(self, service: str, day: int, downgraded: bool) -> None:
+        self.add_count(service, day, downgraded)
+
+    def add_count(self, service: str, day: int, downgraded: bool) -> None:
         self._cells.add(self._slot(service, day) + (DOWNGRADED if downgraded else REJECTED), 1)
 
     async def totals(self, service: str, day: int) -> tuple[int, int, int, int]:

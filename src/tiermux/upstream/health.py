@@ -26,12 +26,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from tiermux._speedups import atomics
 from tiermux.state import HEALTH_FIELDS
 from tiermux.upstream.backend import Backend
 
-__all__ = ["BackendHealth", "Health"]
+__all__ = ["BackendHealth", "Health", "HealthMirror"]
 
 logger = logging.getLogger("tiermux.health")
 
@@ -46,6 +47,12 @@ def _now_ms() -> int:
     # CLOCK_MONOTONIC is one clock for every process of the machine, so cells can compare it;
     # 0 means "not down", and the monotonic clock starts well above it.
     return time.monotonic_ns() // 1_000_000 + 1
+
+
+class HealthMirror(Protocol):
+    """Shares up/down with other tiermux instances (``tiermux.state.redis_health``)."""
+
+    async def run(self, health: Health) -> None: ...
 
 
 class BackendHealth:
@@ -123,6 +130,8 @@ class Health:
             for i, (name, backend) in enumerate(backends.items())
         }
         self._prober: asyncio.Task[None] | None = None
+        self._mirroring: asyncio.Task[None] | None = None
+        self.mirror: HealthMirror | None = None
         self._positions: dict[tuple[str, ...], dict[str, int]] = {}
 
     def __repr__(self) -> str:
@@ -180,18 +189,24 @@ class Health:
         cells.add(base + ERRORS, 1)
         failures = cells.add(base + FAILURES, 1)
         if failures >= self.failure_threshold and not cells.load(base + DOWN_SINCE_MS):
-            now = _now_ms()
-            # The first probe turn is set before the backend is marked down, so that no worker
-            # probes it at once; one worker wins the transition and says so.
-            cells.store(base + NEXT_PROBE_MS, now + int(self.probe_interval * 1000))
-            if cells.compare_exchange(base + DOWN_SINCE_MS, 0, now):
-                logger.warning(
-                    "backend %s is down after %d consecutive failures (last: %s); re-probing every %gs",
-                    name,
-                    failures,
-                    reason,
-                    self.probe_interval,
-                )
+            self.mark_down(name, f"after {failures} consecutive failures (last: {reason})")
+
+    def mark_down(self, name: str, why: str) -> None:
+        """Take a backend out of rotation until a probe or a request brings it back."""
+        cells = self._cells
+        base = self.state[name].base
+        now = _now_ms()
+        # The first probe turn is set before the backend is marked down, so that no worker
+        # probes it at once; one worker wins the transition and says so.
+        cells.store(base + NEXT_PROBE_MS, now + int(self.probe_interval * 1000))
+        if cells.compare_exchange(base + DOWN_SINCE_MS, 0, now):
+            logger.warning("backend %s is down %s; re-probing every %gs", name, why, self.probe_interval)
+
+    def bring_up(self, name: str, why: str) -> None:
+        """Put a down backend back into rotation (no-op when it is up)."""
+        down_since = self._cells.load(self.state[name].base + DOWN_SINCE_MS)
+        if down_since:
+            self._bring_back(name, down_since, why)
 
     def _bring_back(self, name: str, down_since: int, why: str) -> None:
         """Mark up a backend that was down since ``down_since`` (unless another worker already
@@ -210,16 +225,21 @@ class Health:
     # --- probing -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start re-probing down backends (needs a running loop; cheap to call again)."""
+        """Start re-probing down backends, and mirroring health with other instances when there
+        is a mirror (needs a running loop; cheap to call again)."""
         if self._prober is None:
-            self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+            loop = asyncio.get_running_loop()
+            self._prober = loop.create_task(self._probe_forever())
+            if self.mirror is not None:
+                self._mirroring = loop.create_task(self.mirror.run(self))
 
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
-            self._prober = None
+        for task in (self._prober, self._mirroring):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._prober = self._mirroring = None
 
     async def _probe_forever(self) -> None:
         # Wake often enough to take a probe turn on time; the turns themselves are shared.

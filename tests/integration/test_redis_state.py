@@ -1,0 +1,263 @@
+"""Distributed mode against a real ``redis-server``: instances share budgets and health, and go on
+(or fail closed) when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from bench.mock_backend import BackendHandle, run_in_thread
+from tests.support import (
+    CLOUD_MODEL,
+    VLLM_MODEL,
+    ProxyClient,
+    RedisServer,
+    ServerProcess,
+    backend_entry,
+    storm,
+    wait_until,
+)
+
+from tiermux.config import Config, load_config
+
+PICO = 10**12
+CLOUD_PRICE = (3.0, 15.0)
+
+
+def _tree(
+    local: BackendHandle, cloud: BackendHandle, redis_url: str, prefix: str, **state: Any
+) -> dict[str, Any]:
+    return {
+        "backends": [
+            backend_entry("local", local.url, VLLM_MODEL, price={"input": 0.2, "output": 0.6}),
+            backend_entry(
+                "cloud",
+                cloud.url,
+                CLOUD_MODEL,
+                price=dict(zip(("input", "output"), CLOUD_PRICE, strict=True)),
+            ),
+        ],
+        "tiers": {"cheap": ["local"], "capable": ["cloud"]},
+        "routing": {"aliases": {"smart": "capable"}, "classifier": {"enabled": False}},
+        "health": {"failure_threshold": 2, "probe_interval": 30},
+        "services": {"default": {"budget": {"daily_usd": 0.05, "policy": "reject"}}, "batch": {}},
+        "state": {"backend": "redis", "url": redis_url, "prefix": prefix, "retry_interval": 0.3, **state},
+    }
+
+
+@pytest.fixture
+def mocks() -> Iterator[tuple[BackendHandle, BackendHandle]]:
+    local = run_in_thread(flavor="vllm", model=VLLM_MODEL, tokens=64)
+    cloud = run_in_thread(flavor="vllm", model=CLOUD_MODEL, tokens=64)
+    yield local, cloud
+    local.stop()
+    cloud.stop()
+
+
+@pytest.fixture
+def fleet(
+    mocks: tuple[BackendHandle, BackendHandle],
+    redis_server: RedisServer,
+    config_file: Callable[[dict[str, Any]], Path],
+    proxy_factory: Callable[[Config], ProxyClient],
+) -> Callable[..., ProxyClient]:
+    """Instances of tiermux (in process) on one Redis prefix, fresh for the test."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+    def instance(**state: Any) -> ProxyClient:
+        return proxy_factory(load_config(config_file(_tree(*mocks, redis_server.url, prefix, **state))))
+
+    return instance
+
+
+def _budget(client: ProxyClient) -> dict[str, Any]:
+    budget: dict[str, Any] = client.get("/stats").json()["budgets"]["default"]
+    return budget
+
+
+def _cost(usage: dict[str, int]) -> int:
+    return usage["prompt_tokens"] * round(CLOUD_PRICE[0] * 1e6) + usage["completion_tokens"] * round(
+        CLOUD_PRICE[1] * 1e6
+    )
+
+
+def test_two_instances_share_one_budget(fleet: Callable[..., ProxyClient]) -> None:
+    first, second = fleet(), fleet()
+    spent = 0
+    answers = 0
+    for i in range(200):  # alternate until the shared budget refuses
+        client = first if i % 2 else second
+        answer = client.chat(model="smart", max_tokens=64)
+        if answer.status_code == 429:
+            break
+        assert answer.status_code == 200
+        spent += _cost(answer.json()["usage"])
+        answers += 1
+    else:
+        pytest.fail("the shared budget never ran out")
+    assert answers >= 2  # both instances spent from it
+    for client in (first, second):
+        budget = client.get("/stats").json()["budgets"]["default"]
+        assert budget["store"] == "redis"
+        assert budget["spent_usd"] == spent / PICO  # each sees the fleet's spend, not its own
+        assert budget["reserved_usd"] == 0
+        assert budget["rejected_requests"] == 1
+
+
+def test_when_redis_goes_away_local_state_serves_on_and_books_catch_up(
+    fleet: Callable[..., ProxyClient], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = fleet()
+    assert client.chat(model="smart", max_tokens=8).status_code == 200
+    before = client.get("/stats").json()["budgets"]["default"]["spent_usd"]
+    redis_server.stop()
+    try:
+        with caplog.at_level("WARNING", logger="tiermux.state"):
+            answer = client.chat(model="smart", max_tokens=8)
+            assert answer.status_code == 200  # served, on this machine's budget
+            budget = client.get("/stats").json()["budgets"]["default"]
+            assert budget["store"] == "local (redis unreachable)"
+        assert any("unreachable" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    finally:
+        redis_server.start()
+    # Back after the retry interval; the shared books again, with the outage's local spend apart.
+    assert wait_until(
+        lambda: client.get("/stats").json()["budgets"]["default"]["store"] == "redis", timeout=5
+    )
+    assert client.chat(model="smart", max_tokens=8).status_code == 200
+    assert client.get("/stats").json()["budgets"]["default"]["spent_usd"] > 0
+    assert before > 0
+
+
+def test_fail_closed_refuses_budgeted_requests_while_redis_is_away(
+    fleet: Callable[..., ProxyClient], redis_server: RedisServer
+) -> None:
+    client = fleet(on_failure="closed")
+    redis_server.stop()
+    try:
+        answer = client.chat(model="smart", max_tokens=8)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "budget_unavailable"
+        # A service without a budget does not depend on Redis.
+        unbudgeted = client.post(
+            "/v1/chat/completions",
+            json={"model": "smart", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-tiermux-service": "batch"},
+        )
+        assert unbudgeted.status_code == 200
+    finally:
+        redis_server.start()
+    assert wait_until(lambda: client.chat(model="smart", max_tokens=8).status_code == 200, timeout=5)
+
+
+def test_a_settlement_redis_missed_is_sent_when_it_answers_again(
+    fleet: Callable[..., ProxyClient], redis_server: RedisServer, mocks: tuple[BackendHandle, BackendHandle]
+) -> None:
+    client = fleet()
+    _, cloud = mocks
+    cloud.configure(latency_ms=500)
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def answer_while_redis_is_paused() -> httpx.Response:
+        body = {"model": "smart", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        request = asyncio.ensure_future(client.client.post("/v1/chat/completions", json=body))
+        await asyncio.sleep(0.2)  # reserved in Redis; the answer is still on its way
+        await asyncio.to_thread(admin.client_pause, 1200)  # Redis stops answering for 1.2 s
+        return await request  # booked while Redis is silent: the settlement waits
+
+    slow = client.run(answer_while_redis_is_paused())
+    admin.close()
+    assert slow.status_code == 200
+    cloud.configure(latency_ms=0)
+    assert wait_until(
+        lambda: client.get("/stats").json()["budgets"]["default"]["store"] == "redis", timeout=5
+    )
+    fast = client.chat(model="smart", max_tokens=8)
+    assert fast.status_code == 200
+    expected = (_cost(slow.json()["usage"]) + _cost(fast.json()["usage"])) / PICO
+    assert wait_until(
+        lambda: client.get("/stats").json()["budgets"]["default"]["spent_usd"] == expected, timeout=5
+    )
+    assert client.get("/stats").json()["budgets"]["default"]["reserved_usd"] == 0
+
+
+def test_a_backend_one_instance_finds_down_is_down_for_the_other(
+    fleet: Callable[..., ProxyClient], mocks: tuple[BackendHandle, BackendHandle]
+) -> None:
+    first, second = fleet(), fleet()
+    local, _ = mocks
+
+    def status(client: ProxyClient) -> str:
+        rows = client.get("/v1/backends").json()["data"]
+        return str(next(row["status"] for row in rows if row["name"] == "local"))
+
+    assert first.chat(model="local").status_code == 200
+    assert second.chat(model="local").status_code == 200  # both running, mirrors started
+    local.configure(fail_rate=1.0, fail_mode="status", fail_status=503)
+    for _ in range(2):
+        first.chat(model="local")
+    assert status(first) == "down"
+    assert wait_until(lambda: status(second) == "down", timeout=5)  # learnt through Redis
+    # One instance seeing it answer again brings it back for the other.
+    local.configure(fail_rate=0.0)
+    first.app.health.bring_up("local", "test: answered")
+    assert wait_until(lambda: status(second) == "up", timeout=5)
+
+
+def test_two_serves_share_a_budget_under_two_thousand_concurrent_requests(
+    mocks: tuple[BackendHandle, BackendHandle],
+    redis_server: RedisServer,
+    config_file: Callable[[dict[str, Any]], Path],
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    local, cloud = mocks
+    cloud.configure(latency_ms=100)
+    tree = _tree(local, cloud, redis_server.url, f"test-{uuid.uuid4().hex[:8]}")
+    tree["services"]["default"]["budget"]["daily_usd"] = 0.3
+    # Six processes and 2,000 connections on two cores: Redis answers late, not never.
+    tree["state"]["timeout"] = 10
+    path = config_file(tree)
+    servers = [server_factory(path, workers=2), server_factory(path, workers=2)]
+    rng = random.Random(7)
+    bodies = [
+        json.dumps(
+            {
+                "model": "smart",
+                "max_tokens": rng.randrange(1, 65),
+                "messages": [{"role": "user", "content": "word " * rng.randrange(10, 400)}],
+            }
+        ).encode()
+        for _ in range(2000)
+    ]
+
+    async def both() -> list[tuple[int, dict[str, str], bytes]]:
+        halves = await asyncio.gather(
+            storm(servers[0].port, bodies[::2]), storm(servers[1].port, bodies[1::2])
+        )
+        return halves[0] + halves[1]
+
+    answers = asyncio.run(both())
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 429}
+    answered = [json.loads(payload) for status, _, payload in answers if status == 200]
+    assert answered and statuses.count(429) > 0
+    actual = sum(_cost(answer["usage"]) for answer in answered)
+    worst = max(
+        (len(body) // 3 + 32) * 3_000_000 + json.loads(body)["max_tokens"] * 15_000_000 for body in bodies
+    )
+    assert actual <= round(0.3 * PICO) + worst
+    for server in servers:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            budget = client.get("/stats").json()["budgets"]["default"]
+        assert budget["store"] == "redis"
+        assert budget["spent_usd"] == actual / PICO  # the fleet's spend, exactly
+        assert budget["reserved_usd"] == 0
+        assert budget["rejected_requests"] == statuses.count(429)
