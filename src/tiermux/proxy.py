@@ -93,13 +93,13 @@ class Forwarder:
         self.services = frozenset(ledger.services)
         self.max_body_bytes = max_body_bytes
         # Every combination is built once; all parts come from config and fixed sets.
-        self._route_headers: dict[tuple[str, str, str, int], list[tuple[bytes, bytes]]] = {}
+        self._route_headers: dict[tuple[str, str, str, int, str | None], list[tuple[bytes, bytes]]] = {}
         self.disconnects = DisconnectWatcher()
 
     def _added_headers(self, decision: Decision, backend: Backend) -> list[tuple[bytes, bytes]]:
         classification = decision.classification
         category, score = (classification.category, classification.score) if classification else ("", -1)
-        key = (decision.tier, backend.name, category, score)
+        key = (decision.tier, backend.name, category, score, decision.downgraded_from)
         headers = self._route_headers.get(key)
         if headers is None:
             headers = [
@@ -109,6 +109,8 @@ class Forwarder:
             if classification is not None:
                 headers.append((b"x-tiermux-category", category.encode()))
                 headers.append((b"x-tiermux-score", str(score).encode()))
+            if decision.downgraded_from is not None:
+                headers.append((b"x-tiermux-downgraded-from", decision.downgraded_from.encode()))
             self._route_headers[key] = headers
         return headers
 

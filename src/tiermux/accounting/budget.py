@@ -210,6 +210,7 @@ class Budgets:
                     chain,
                     decision.classification,
                     (*decision.reasons, f"budget of {service!r} nearly spent: from {decision.tier}"),
+                    downgraded_from=decision.tier,
                 )
                 return downgraded, Reservation(holder, service, day, amount) if holder else None
         await store.count(service, day, downgraded=False)

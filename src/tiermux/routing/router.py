@@ -26,7 +26,7 @@ CATEGORY_HEADER = b"x-tiermux-category"
 class Decision:
     """Where one request goes, and why."""
 
-    __slots__ = ("backends", "classification", "pinned", "reasons", "tier")
+    __slots__ = ("backends", "classification", "downgraded_from", "pinned", "reasons", "tier")
 
     def __init__(
         self,
@@ -35,12 +35,14 @@ class Decision:
         classification: Classification | None,
         reasons: tuple[str, ...],
         pinned: bool = False,
+        downgraded_from: str | None = None,
     ) -> None:
         self.tier = tier
         self.backends = backends
         self.classification = classification
         self.reasons = reasons
         self.pinned = pinned
+        self.downgraded_from = downgraded_from  # the tier routing chose, when a budget overruled it
 
     def __repr__(self) -> str:
         category = self.classification.category if self.classification else None
