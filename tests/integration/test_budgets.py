@@ -90,11 +90,11 @@ def test_a_request_past_the_budget_is_downgraded_to_the_cheaper_tier(
     assert answer.headers["x-tiermux-tier"] == "cheap"
     assert answer.headers["x-tiermux-backend"] == "local-9b"
     assert answer.headers["x-tiermux-downgraded-from"] == "capable"
-    not_downgraded = client.chat(model="auto")
-    assert not_downgraded.status_code == 200 and "x-tiermux-downgraded-from" not in not_downgraded.headers
     budget = _budget(client)
     assert budget["downgraded_requests"] == 1 and budget["rejected_requests"] == 0
     assert budget["spent_usd"] == pytest.approx(_cost(answer.json()["usage"], LOCAL) / PICO, abs=0)
+    not_downgraded = client.chat(model="auto")
+    assert not_downgraded.status_code == 200 and "x-tiermux-downgraded-from" not in not_downgraded.headers
 
 
 def test_a_request_that_fits_nowhere_is_refused_with_429(budgeted: Callable[..., ProxyClient]) -> None:
