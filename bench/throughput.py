@@ -23,6 +23,7 @@ Other modes:
   ratio routing on / pass-through against its target;
 * ``--stream``: time to first token of sequential streaming requests, directly and through
   tiermux, interleaved request by request;
+* ``--budgets``: what enforcing budgets and tracking health cost (``bench/budgets.py``);
 * ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
   each segment, to see whether memory stays flat.
 
@@ -286,6 +287,8 @@ def tiermux_config(
     *,
     capable_tier: bool = False,
     classifier: bool = True,
+    price: tuple[float, float] | None = None,
+    extra: str = "",
 ) -> str:
     """A config for the backend at ``backend_url`` (an origin), by default in one tier, ``cheap``.
 
@@ -294,7 +297,8 @@ def tiermux_config(
     whose backend ``mock-capable`` is the same origin and model again, so that whichever tier the
     classifier picks the upstream work is identical. ``classifier=False`` sends ``auto`` straight
     to ``cheap`` unclassified (pass-through). ``pinned`` adds ``(name, origin, model)`` backends in
-    no tier: reachable by their model name.
+    no tier: reachable by their model name. ``price`` (input, output USD per 1M tokens) is given
+    to every backend; ``extra`` is YAML appended as it is (top-level sections).
     """
     capable = [("mock-capable", backend_url, model)] if capable_tier else []
     backends = [("mock", backend_url, model), *capable, *pinned]
@@ -307,6 +311,8 @@ def tiermux_config(
             f"    model: {backend_model}",
             f"    max_connections: {max_connections}",
         ]
+        if price is not None:
+            lines.append(f"    price: {{input: {price[0]}, output: {price[1]}}}")
     lines += ["tiers:", "  cheap: [mock]"]
     if capable_tier:
         lines += [
@@ -315,7 +321,7 @@ def tiermux_config(
         ]
     enabled = "true" if classifier else "false"
     lines += ["routing:", "  default_tier: cheap", "  classifier:", f"    enabled: {enabled}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + extra
 
 
 def start_tiermux(
@@ -328,6 +334,8 @@ def start_tiermux(
     name: str = "tiermux",
     capable_tier: bool = False,
     classifier: bool = True,
+    price: tuple[float, float] | None = None,
+    extra: str = "",
 ) -> Service:
     """``python -m tiermux serve`` in front of ``backend_url``; returns once every worker is up.
 
@@ -335,7 +343,15 @@ def start_tiermux(
     """
     config = procs.workdir / f"{name}.yaml"
     config.write_text(
-        tiermux_config(backend_url, model, pinned=pinned, capable_tier=capable_tier, classifier=classifier)
+        tiermux_config(
+            backend_url,
+            model,
+            pinned=pinned,
+            capable_tier=capable_tier,
+            classifier=classifier,
+            price=price,
+            extra=extra,
+        )
     )
     port = free_port()
     argv = [sys.executable, "-m", "tiermux", "serve", "--config", str(config), "--host", "127.0.0.1"]
@@ -1677,6 +1693,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--requests", type=int, default=200, help="requests per path (default 200)")
     stream.add_argument("--ttft-ms", type=float, default=STREAM_TTFT_MS, help="mock's time to first token")
     stream.add_argument("--itl-ms", type=float, default=STREAM_ITL_MS, help="mock's time between tokens")
+    budgets = parser.add_argument_group("budget cost (--budgets)")
+    budgets.add_argument(
+        "--budgets",
+        action="store_true",
+        help="req/s and CPU per request of tiermux enforcing a daily budget (shared memory, and Redis "
+        "when redis-server is installed) against the same without one; and the cost of health tracking",
+    )
     soak = parser.add_argument_group("soak (--soak N)")
     soak.add_argument("--soak", type=int, metavar="N", help="drive N requests through tiermux, sampling RSS")
     soak.add_argument("--segment", type=float, default=10.0, help="seconds per soak segment (default 10)")
@@ -1693,8 +1716,8 @@ def _grouping_line(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum(bool(mode) for mode in (args.routing, args.stream, args.soak)) > 1:
-        parser.error("--routing, --stream and --soak are separate modes: pick one")
+    if sum(bool(mode) for mode in (args.routing, args.stream, args.soak, args.budgets)) > 1:
+        parser.error("--routing, --budgets, --stream and --soak are separate modes: pick one")
     if args.one_session:
         global ONE_SESSION
         ONE_SESSION = True
@@ -1709,6 +1732,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_soak(args)
         if args.routing:
             return run_routing(args)
+        if args.budgets:
+            from bench.budgets import run_budgets
+
+            return run_budgets(args)
         return run_throughput(args)
     except BenchError as exc:
         print(f"bench.throughput: {exc}", file=sys.stderr)
