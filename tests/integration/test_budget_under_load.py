@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from bench.mock_backend import run_in_thread
-from tests.support import CLOUD_MODEL, VLLM_MODEL, ServerProcess, backend_entry, storm
+from tests.support import CLOUD_MODEL, VLLM_MODEL, ServerProcess, backend_entry, storm, wait_until
 
 PICO = 10**12
 PRICES = {"local": (0.2, 0.6), "cloud": (3.0, 15.0)}  # USD per 1M tokens
@@ -112,4 +115,44 @@ def test_the_budget_holds_under_two_thousand_concurrent_requests(
             assert budget["rejected_requests"] == statuses.count(429)
     finally:
         local.stop()
+        cloud.stop()
+
+
+def test_a_worker_killed_mid_request_does_not_keep_its_reservations(
+    config_file: Callable[[dict[str, Any]], Path], server_factory: Callable[..., ServerProcess]
+) -> None:
+    cloud = run_in_thread(flavor="vllm", model=CLOUD_MODEL, latency_ms=2000, tokens=8)
+    sockets: list[socket.socket] = []
+    try:
+        tree = {
+            "backends": [backend_entry("cloud", cloud.url, CLOUD_MODEL, price=_price("cloud"))],
+            "tiers": {"capable": ["cloud"]},
+            "routing": {"classifier": {"enabled": False}},
+            "services": {"default": {"budget": {"daily_usd": 10.0}}},
+        }
+        server = server_factory(config_file(tree), workers=2)
+        body = b'{"model":"auto","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}'
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        for _ in range(16):  # slow requests, spread over both workers
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(request)
+            sockets.append(sock)
+
+        def reserved() -> float:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                value: float = client.get("/stats").json()["budgets"]["default"]["reserved_usd"]
+            return value
+
+        assert wait_until(lambda: reserved() > 0, timeout=5)
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)  # its requests never settle
+        # The survivor's answers settle theirs; the respawned worker releases the victim's.
+        assert wait_until(lambda: reserved() == 0, timeout=15), reserved()
+        assert victim not in server.worker_pids()
+    finally:
+        for sock in sockets:
+            sock.close()
         cloud.stop()

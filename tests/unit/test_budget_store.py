@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import multiprocessing
+import os
 import random
 from pathlib import Path
 
@@ -16,14 +17,14 @@ from tiermux.config import parse_config
 from tiermux.routing.request import RequestText
 from tiermux.routing.router import Decision
 from tiermux.state import Layout, Segment
-from tiermux.state.budget_cells import BUDGET_FIELDS, SLOTS, LocalBudgetStore
+from tiermux.state.budget_cells import SLOTS, LocalBudgetStore, budget_cells
 
 SERVICES = ["default", "team"]
 DAY = 740_000
 
 
 def _layout() -> Layout:
-    return Layout({"budgets": BUDGET_FIELDS * len(SERVICES)}, ["test"])
+    return Layout({"budgets": budget_cells(len(SERVICES))}, ["test"])
 
 
 @pytest.fixture
@@ -103,6 +104,32 @@ def test_many_processes_never_pass_the_limit_and_lose_no_cost(tmp_path: Path) ->
         assert committed == total  # nothing left reserved
         assert total == sum(spent)  # every settled cost, from every process, of the last day
         assert total <= limit
+    finally:
+        segment.close()
+
+
+def _reserve_and_die(path: str) -> None:
+    store = LocalBudgetStore(SERVICES, Segment.attach(path, _layout()).cells("budgets"))
+    assert store.try_reserve("team", DAY, 700, 1000)
+    store.settle("team", DAY, 0, 0)  # nothing: a settle of another, empty reservation
+    os._exit(0)  # killed mid-request: the reservation is never settled
+
+
+def test_what_a_dead_worker_held_is_released(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.state"
+    segment = Segment.create(path, _layout())
+    try:
+        survivor = LocalBudgetStore(SERVICES, segment.cells("budgets"))
+        assert survivor.try_reserve("team", DAY, 100, 1000)
+        worker = multiprocessing.get_context("spawn").Process(target=_reserve_and_die, args=(str(path),))
+        worker.start()
+        worker.join(30)
+        assert survivor.read("team", DAY)[1] == 800  # the dead worker's 700 still held
+        assert survivor.sweep() == 1
+        assert survivor.read("team", DAY)[1] == 100  # released; the survivor's own stays
+        assert survivor.sweep() == 0  # and its slot is free again
+        survivor.settle("team", DAY, 100, 40)
+        assert survivor.read("team", DAY)[:2] == (40, 40)
     finally:
         segment.close()
 

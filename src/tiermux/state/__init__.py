@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from tiermux.config import Config
-from tiermux.state.budget_cells import BUDGET_FIELDS, LocalBudgetStore
+from tiermux.state.budget_cells import LocalBudgetStore, budget_cells
 from tiermux.state.segment import STATE_ENV, Layout, Segment, SegmentError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def layout_for(config: Config) -> Layout:
         {
             "health": HEALTH_FIELDS * len(names),
             "ledger": ledger_cells(config),
-            "budgets": BUDGET_FIELDS * len(config.service_names),
+            "budgets": budget_cells(len(config.service_names)),
         },
         [
             f"backends={','.join(names)}",
