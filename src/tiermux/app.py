@@ -136,9 +136,9 @@ class TiermuxApp:
         body = await self.forwarder.receive_body(receive)
         endpoint = "/completions" if _is_completion(body) else "/chat/completions"
         decision = self.forwarder.decide(endpoint, body, scope)
-        first = self.backends[decision.backends[0]]
+        first = self.backends[self.health.plan(decision.backends)[0]]  # where it would go now
         confidence = self.router.tier_confidence(decision)
-        await _send_json(send, 200, encode_decision(decision, first.config.model, confidence))
+        await _send_json(send, 200, encode_decision(decision, first.name, first.config.model, confidence))
 
     async def _backends(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Each backend's health, shared by every worker of this serve."""

@@ -116,7 +116,8 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     backend = next(b for b in config.backends if b.name == decision.backends[0])
     if args.json:
-        print(encode_decision(decision, backend.model, router.tier_confidence(decision)).decode())
+        confidence = router.tier_confidence(decision)
+        print(encode_decision(decision, backend.name, backend.model, confidence).decode())
         return 0
     c = decision.classification
     if c is None:

@@ -68,11 +68,14 @@ class RouteDecision(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def encode_decision(decision: Decision, backend_model: str, tier_confidence: float | None = None) -> bytes:
+def encode_decision(
+    decision: Decision, backend: str, backend_model: str, tier_confidence: float | None = None
+) -> bytes:
+    """``backend``: the one a request would go to now (the first of the chain that health puts first)."""
     answer = RouteDecision(
         tier=decision.tier,
         backends=list(decision.backends),
-        backend=decision.backends[0],
+        backend=backend,
         backend_model=backend_model,
         pinned=decision.pinned,
         reasons=list(decision.reasons),
