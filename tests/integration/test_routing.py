@@ -356,6 +356,15 @@ def test_route_agrees_with_the_forwarded_request(classified: ProxyClient) -> Non
         assert int(response.headers["x-tiermux-score"]) == answer["score"]
 
 
+def test_route_names_the_backend_health_would_pick(classified: ProxyClient) -> None:
+    body = {"model": "auto", **JSON_EXTRACTION}
+    assert classified.post("/v1/route", json=body).json()["backend"] == "local-9b"
+    classified.app.health.mark_down("local-9b", "(test)")
+    answer = classified.post("/v1/route", json=body).json()
+    assert answer["backends"] == ["local-9b", "frontier"]  # the chain is the tier's
+    assert (answer["backend"], answer["backend_model"]) == ("frontier", CLOUD_MODEL)  # but it's down
+
+
 def test_route_for_a_pinned_model_and_a_completion(classified: ProxyClient, vllm: BackendHandle) -> None:
     pinned = classified.post("/v1/route", json={"model": "frontier", **JSON_EXTRACTION}).json()
     assert (pinned["pinned"], pinned["backends"], pinned["reasons"]) == (True, ["frontier"], ["pinned"])
