@@ -22,7 +22,7 @@ from tiermux.api.auth import Authenticator
 from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList, encode_decision
-from tiermux.config import Config, load_config
+from tiermux.config import Config, is_loopback, load_config
 from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
 from tiermux.state import budget_store, open_segment
@@ -34,6 +34,8 @@ from tiermux.upstream.health import Health
 __all__ = ["CONFIG_ENV", "TiermuxApp", "create_app"]
 
 CONFIG_ENV = "TIERMUX_CONFIG"
+HOST_ENV = "TIERMUX_HOST"  # the address ``serve`` listens on (the command line may override config)
+ADMIN_PATHS = frozenset({"/stats", "/v1/backends"})
 READY_CACHE_SECONDS = 2.0
 
 logger = logging.getLogger("tiermux")
@@ -66,9 +68,13 @@ class TiermuxApp:
         self.forwarder = Forwarder(
             self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger, self.budgets
         )
-        # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set.
+        # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set, and
+        # the admin endpoints an admin key (or, without admin keys, a loopback listener).
         keys = config.client_keys
         self.authenticator = Authenticator(keys) if keys else None
+        admin_keys = config.auth.admin_keys
+        self.admin = Authenticator(dict.fromkeys(admin_keys)) if admin_keys else None
+        self.admin_open = is_loopback(os.environ.get(HOST_ENV, config.server.host))
         forward = self.forwarder
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": lambda s, r, w: forward("/chat/completions", s, r, w)},
@@ -112,7 +118,9 @@ class TiermuxApp:
             )
             return
         try:
-            if self.authenticator is not None and (path.startswith("/v1/") or path == "/stats"):
+            if path in ADMIN_PATHS:
+                self._check_admin(scope)
+            elif self.authenticator is not None and path.startswith("/v1/"):
                 scope[SERVICE_SCOPE_KEY] = self.authenticator.check(scope["headers"])
             await handler(scope, receive, send)
         except ClientDisconnected:
@@ -125,6 +133,19 @@ class TiermuxApp:
             logger.exception("unhandled error serving %s %s", method, path)
             with contextlib.suppress(Exception):  # the response may already have started
                 await _send_error(send, ProxyError("internal error in tiermux"))
+
+    def _check_admin(self, scope: Scope) -> None:
+        """Admin endpoints: an admin key when there are admin keys; else only on a loopback
+        listener (with a client key, when there are client keys)."""
+        if self.admin is not None:
+            self.admin.check(scope["headers"])
+        elif not self.admin_open:
+            raise _AdminClosed(
+                "The admin endpoints of a tiermux listening beyond loopback need an admin key: "
+                "set auth.admin_keys."
+            )
+        elif self.authenticator is not None:
+            self.authenticator.check(scope["headers"])
 
     # --- small endpoints -----------------------------------------------------------------------
 
@@ -190,6 +211,12 @@ class TiermuxApp:
         self.forwarder.disconnects.close()
         for backend in self.backends.values():
             await backend.aclose()
+
+
+class _AdminClosed(ProxyError):
+    status = 403
+    type = "invalid_request_error"
+    code = "admin_key_required"
 
 
 class _NotReady(ProxyError):

@@ -36,6 +36,7 @@ __all__ = [
     "StateConfig",
     "Timeouts",
     "exposure_problem",
+    "is_loopback",
     "load_config",
     "parse_config",
 ]
@@ -223,6 +224,9 @@ class AuthConfig(_Strict, frozen=True):
     """Who may use tiermux: clients send one of ``keys`` as ``Authorization: Bearer`` (or ``x-api-key``)."""
 
     keys: list[str] = []
+    admin_keys: list[str] = []
+    """Keys (``${VAR}`` only) for the admin endpoints (``/stats``, ``/v1/backends``); without
+    them, those are served on a loopback address only."""
 
 
 class Config(_Strict, frozen=True):
@@ -265,7 +269,7 @@ class Config(_Strict, frozen=True):
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Where secrets live: a literal there would end up in version control and in config dumps.
 _SECRET_PATH = re.compile(
-    r"\$\.backends\[\d+\]\.api_key|\$\.auth\.keys\[\d+\]|\$\.services\.[^.]+\.keys\[\d+\]"
+    r"\$\.backends\[\d+\]\.api_key|\$\.auth\.(admin_)?keys\[\d+\]|\$\.services\.[^.]+\.keys\[\d+\]"
 )
 
 
@@ -344,6 +348,13 @@ def _check_references(config: Config, source: str) -> None:
     for i, key in enumerate(config.auth.keys):
         if not key:
             raise ConfigError(source, f"$.auth.keys[{i}]", "empty key (is its environment variable set?)")
+    for i, key in enumerate(config.auth.admin_keys):
+        if not key:
+            raise ConfigError(
+                source, f"$.auth.admin_keys[{i}]", "empty key (is its environment variable set?)"
+            )
+        if key in config.client_keys:
+            raise ConfigError(source, f"$.auth.admin_keys[{i}]", "an admin key must not be a client key too")
     seen_keys = set(config.auth.keys)
     for name, service in config.services.items():
         where = f"$.services.{name}"
@@ -441,7 +452,7 @@ def _check_routing_policy(config: Config, source: str) -> None:
 
 def exposure_problem(config: Config, host: str) -> str | None:
     """Why serving ``host`` with this config would be an open relay, or ``None`` if it isn't."""
-    if config.client_keys or config.server.allow_unauthenticated or _is_loopback(host):
+    if config.client_keys or config.server.allow_unauthenticated or is_loopback(host):
         return None
     return (
         f"listening on {host} without auth.keys lets anyone who reaches it spend your backends' "
@@ -449,7 +460,7 @@ def exposure_problem(config: Config, host: str) -> str | None:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

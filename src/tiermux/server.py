@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from tiermux.app import CONFIG_ENV
+from tiermux.app import CONFIG_ENV, HOST_ENV
 
 __all__ = ["serve"]
 
@@ -41,6 +41,7 @@ def serve(
     from tiermux.state import STATE_ENV, Segment, layout_for
 
     os.environ[CONFIG_ENV] = str(config_path)
+    os.environ[HOST_ENV] = host
     state_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     name = f"tiermux-{os.getuid()}-{port}.state"  # one per user and port: /dev/shm is shared
     segment = Segment.create(Path(state_dir) / name, layout_for(load_config(config_path)))

@@ -674,6 +674,62 @@ def test_probes_need_no_key(keyed: ProxyClient) -> None:
     assert keyed.get("/ready").status_code == 200
 
 
+# --- admin keys ----------------------------------------------------------------------------------
+
+ADMIN_PATHS = ("/stats", "/v1/backends")
+
+
+@pytest.fixture
+def administered(build: Build, vllm: BackendHandle, monkeypatch: pytest.MonkeyPatch) -> ProxyClient:
+    monkeypatch.setenv("TIERMUX_TEST_CLIENT_KEY", "client-key-1")
+    monkeypatch.setenv("TIERMUX_TEST_ADMIN_KEY", "admin-key-1")
+    auth = {"keys": ["${TIERMUX_TEST_CLIENT_KEY}"], "admin_keys": ["${TIERMUX_TEST_ADMIN_KEY}"]}
+    return build([_local(vllm)], {"only": ["local-9b"]}, auth=auth)
+
+
+def test_admin_endpoints_need_the_admin_key(administered: ProxyClient) -> None:
+    for path in ADMIN_PATHS:
+        for headers in ({}, {"authorization": "Bearer client-key-1"}, {"authorization": "Bearer wrong"}):
+            response = administered.get(path, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert _error(response)["code"] == "invalid_api_key"
+        assert administered.get(path, headers={"authorization": "Bearer admin-key-1"}).status_code == 200
+        assert administered.get(path, headers={"x-api-key": "admin-key-1"}).status_code == 200
+    # The admin key is not a client key.
+    chat = {"model": "auto", **CHAT}
+    response = administered.post(
+        "/v1/chat/completions", json=chat, headers={"authorization": "Bearer admin-key-1"}
+    )
+    assert response.status_code == 401
+
+
+def test_without_admin_keys_admin_endpoints_are_closed_beyond_loopback(
+    build: Build, vllm: BackendHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERMUX_TEST_CLIENT_KEY", "client-key-1")
+    monkeypatch.setenv("TIERMUX_HOST", "0.0.0.0")  # what serve --host 0.0.0.0 tells its workers
+    client = build([_local(vllm)], {"only": ["local-9b"]}, auth={"keys": ["${TIERMUX_TEST_CLIENT_KEY}"]})
+    for path in ADMIN_PATHS:
+        response = client.get(path, headers={"authorization": "Bearer client-key-1"})
+        assert response.status_code == 403
+        assert _error(response)["code"] == "admin_key_required"
+        assert "auth.admin_keys" in _error(response)["message"]
+    # The API itself is not affected.
+    chat = {"model": "auto", **CHAT}
+    assert (
+        client.post(
+            "/v1/chat/completions", json=chat, headers={"authorization": "Bearer client-key-1"}
+        ).status_code
+        == 200
+    )
+
+
+def test_on_loopback_without_admin_keys_a_client_key_opens_the_admin_endpoints(keyed: ProxyClient) -> None:
+    for path in ADMIN_PATHS:
+        assert keyed.get(path).status_code == 401
+        assert keyed.get(path, headers={"authorization": "Bearer client-key-1"}).status_code == 200
+
+
 # --- pools under load ----------------------------------------------------------------------------
 
 

@@ -577,6 +577,24 @@ def test_service_errors_name_the_field(services: dict[str, object], field: str, 
     assert field in str(error.value) and message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("admin_keys", "message"),
+    [(["literal"], "environment"), (["${K1}"], "not be a client key"), (["${EMPTY}"], "empty key")],
+    ids=["literal", "also-a-client-key", "empty"],
+)
+def test_admin_key_errors_name_the_field(admin_keys: list[str], message: str) -> None:
+    text = yaml.safe_dump(
+        {
+            "backends": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "model": "m"}],
+            "tiers": {"cheap": ["a"]},
+            "auth": {"keys": ["${K1}"], "admin_keys": admin_keys},
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "t.yaml", env={"K1": "one", "EMPTY": ""})
+    assert "$.auth.admin_keys[0]" in str(error.value) and message in str(error.value)
+
+
 def test_the_default_service_may_have_a_budget() -> None:
     text = yaml.safe_dump(
         {
