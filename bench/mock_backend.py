@@ -700,8 +700,12 @@ class MockBackend:
         if server is None:
             return
         server.close()
-        for connection in list(self._connections):
-            connection.abort()
+        # A connection accepted just before the listener closed has its connection_made still
+        # queued: abort again after letting the loop run it, or it would stay open, unanswered.
+        for _ in range(3):
+            for connection in list(self._connections):
+                connection.abort()
+            await asyncio.sleep(0)
         await server.wait_closed()
         # Let the transports deliver connection_lost before the loop may be closed.
         for _ in range(3):

@@ -209,12 +209,30 @@ cdef class Connection:
         return f"<Connection {state} requests={self.requests}>"
 
     def send(self, bytes data, double read_timeout):
-        """Write a whole request (head and body in one buffer) and return its answer-to-be."""
+        """Write a whole request (head and body in one buffer) and return its answer-to-be.
+
+        A connection the backend closed before anything was written (a listener going away
+        resets the connections still in its queue) raises :class:`ConnectionClosed`, never the
+        event loop's ``RuntimeError``: nothing was sent, so the request can go elsewhere.
+        """
+        transport = self.transport
+        if self.closed or transport.is_closing():
+            self._lost_before_sending()
         cdef Response response = Response(self, read_timeout)
         self.response = response
         self.requests += 1
-        self.transport.write(data)
+        try:
+            transport.write(data)
+        except RuntimeError:  # closed between the check and the write (uvloop's handle is gone)
+            self.response = None
+            self._lost_before_sending()
         return response
+
+    def _lost_before_sending(self):
+        if not self.closed:
+            self.closed = True
+            self.pool._discard(self)
+        raise ConnectionClosed("the backend closed the connection before the request was sent")
 
     def abort(self):
         if not self.closed:

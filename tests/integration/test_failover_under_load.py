@@ -163,18 +163,22 @@ def _describe_errors(answers: list[Answer], origin: float) -> str:
     return f"{len(bad)} of {len(answers)}, {dict(Counter(a.status for a in bad))}:\n" + "\n".join(lines)
 
 
+def _timeline(marks: dict[str, float]) -> str:
+    return ", ".join(f"{name} +{at - marks['start']:.2f}s" for name, at in marks.items() if name != "start")
+
+
 def _backend_status(server: ServerProcess) -> dict[str, dict[str, Any]]:
     with httpx.Client(base_url=server.url, timeout=10) as client:
         rows = client.get("/v1/backends").json()["data"]
     return {row["name"]: row for row in rows}
 
 
-def _start_mocks(ports: dict[str, int] | None = None) -> dict[str, BackendHandle]:
-    ports = ports or {}
+def _start_mocks() -> dict[str, BackendHandle]:
+    """``local-a`` and ``local-b`` (vLLM flavour) and ``cloud`` (with a key), each on a free port."""
     mocks: dict[str, BackendHandle] = {}
     try:
         for name in LOCALS:
-            mocks[name] = _local(ports.get(name, 0))
+            mocks[name] = _local()
         mocks["cloud"] = run_in_thread(
             flavor="cloud", model=CLOUD_MODEL, api_key=CLOUD_KEY, latency_ms=LATENCY_MS
         )
@@ -254,7 +258,8 @@ def test_a_local_killed_and_restarted_under_load(
         recovered = back - marks["restarted"] if back is not None else None
         settled = _served(a for a in answers if back is not None and a.sent >= back + 0.5)
         print(
-            f"\n{len(answers)} requests in {marks['end'] - t0:.1f}s; errors: {_describe_errors(answers, t0)}"
+            f"\n{len(answers)} requests in {marks['end'] - t0:.1f}s ({_timeline(marks)})"
+            f"\nerrors: {_describe_errors(answers, t0)}"
             f"\nboth up: {dict(both_up)}\nlocal-a down: {dict(a_down)}"
             f"\nlocal-a back after {recovered}s; then: {dict(settled)}"
             f"\nall: {dict(_served(answers))}\nbackends: {backends}"
@@ -325,7 +330,8 @@ def test_both_locals_killed_and_restarted_under_load(
         deadline = marks["restarted"] + RECOVERY_LIMIT
         late = _served(a for a in answers if a.sent >= deadline)
         print(
-            f"\n{len(answers)} requests in {marks['end'] - t0:.1f}s; errors: {_describe_errors(answers, t0)}"
+            f"\n{len(answers)} requests in {marks['end'] - t0:.1f}s ({_timeline(marks)})"
+            f"\nerrors: {_describe_errors(answers, t0)}"
             f"\nboth up: {dict(both_up)}\nboth locals down: {dict(locals_down)}"
             f"\na local back after {recovered}s; sent after the recovery limit: {dict(late)}"
             f"\nall: {dict(_served(answers))}\nbackends: {backends}"

@@ -687,3 +687,28 @@ def test_connection_class_comes_from_the_picker() -> None:
 
     assert pool.h1client is h1client
     assert issubclass(ConnectionClosed, UpstreamError)
+
+
+def test_a_listener_that_goes_away_fails_requests_with_upstream_errors(aio) -> None:
+    """Connections completed in a listener's queue are reset when it closes; on uvloop one can be
+    handed over closed. Requests on them must fail as upstream errors (so the proxy fails over),
+    never with the event loop's RuntimeError."""
+
+    async def scenario() -> set[type[BaseException]]:
+        seen: set[type[BaseException]] = set()
+        for attempt in range(40):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(64)  # never accepts
+            pool = _pool(listener.getsockname()[1])
+            tasks = [asyncio.ensure_future(pool.request(request_bytes("/"), 2.0)) for _ in range(8)]
+            await asyncio.sleep(attempt % 5 * 0.0005)
+            listener.close()
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                assert isinstance(outcome, BaseException)
+                seen.add(type(outcome))
+            await pool.aclose()
+        return seen
+
+    seen = aio(scenario())
+    assert seen and all(issubclass(kind, UpstreamError) for kind in seen), seen

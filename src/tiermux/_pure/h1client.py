@@ -194,13 +194,31 @@ class Connection(asyncio.Protocol):
         return f"<Connection {state} requests={self.requests}>"
 
     def send(self, data: bytes, read_timeout: float) -> Response:
-        """Write a whole request (head and body in one buffer) and return its answer-to-be."""
+        """Write a whole request (head and body in one buffer) and return its answer-to-be.
+
+        A connection the backend closed before anything was written (a listener going away
+        resets the connections still in its queue) raises :class:`ConnectionClosed`, never the
+        event loop's ``RuntimeError``: nothing was sent, so the request can go elsewhere.
+        """
+        transport = self.transport
+        assert transport is not None
+        if self.closed or transport.is_closing():
+            self._lost_before_sending()
         response = Response(self, read_timeout)
         self.response = response
         self.requests += 1
-        assert self.transport is not None
-        self.transport.write(data)
+        try:
+            transport.write(data)
+        except RuntimeError:  # closed between the check and the write (uvloop's handle is gone)
+            self.response = None
+            self._lost_before_sending()
         return response
+
+    def _lost_before_sending(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._discard(self)
+        raise ConnectionClosed("the backend closed the connection before the request was sent")
 
     def abort(self) -> None:
         if not self.closed:

@@ -95,7 +95,10 @@ class ConnectionPool:
         aiohttp do. Any other failure is the caller's to handle (failover, error to the client).
         """
         conn = self._pop_idle() or await self.acquire()
-        response = conn.send(data, read_timeout)
+        try:
+            response = conn.send(data, read_timeout)
+        except ConnectionClosed:  # closed before a byte was written: once more, on a new one
+            return await self._exchange(await self._connect(), data, read_timeout)
         try:
             await response.start()
         except ConnectionClosed as exc:
@@ -179,6 +182,8 @@ class ConnectionPool:
             if isinstance(exc, OSError):
                 raise ConnectError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from None
             raise
+        if conn.closed:  # lost before it could be used (and discarded already)
+            raise ConnectError(f"{origin.host}:{origin.port} closed the connection at once")
         self._connections.add(conn)
         if self._ticker is None:
             self._ticker = loop.call_later(TICK_SECONDS, self._tick, loop)
