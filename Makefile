@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SYSTEM_DEPS := nginx wrk redis-server
 PYTEST_FLAGS ?= -q
 
-.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-locust bench-micro bench-classifier model clean
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-locust bench-micro bench-classifier model clean
 
 all: install
 
@@ -45,10 +45,14 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 # Benchmarks live outside the test run. Results land in bench/results/.
-bench: bench-micro bench-classifier bench-throughput bench-locust
+bench: bench-micro bench-classifier bench-throughput bench-budgets bench-locust
 
 bench-throughput: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput
+
+# What budgets (shared memory and Redis) and health tracking cost (bench/results/budgets.md).
+bench-budgets: $(INSTALLED) system-deps
+	$(PY) -m bench.throughput --budgets
 
 bench-locust: $(INSTALLED)
 	$(PY) -m bench.locust_run
