@@ -1,0 +1,1 @@
+"""Answers paid for once: the exact cache's key (``key``)."""
