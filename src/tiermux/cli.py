@@ -40,6 +40,19 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     tiers = ", ".join(f"{name} -> {' > '.join(chain)}" for name, chain in config.tiers.items())
     print(f"{args.config}: ok ({len(config.backends)} backends; tiers: {tiers})")
+    budgets = [
+        f"{service} ${rule.daily_usd:g}/day ("
+        + (
+            f"downgrade to {rule.downgrade_tier or next(iter(config.tiers))}"
+            if rule.policy == "downgrade"
+            else "reject"
+        )
+        + ")"
+        for service, rule in config.budget_rules.items()
+    ]
+    state = config.state
+    where = "this machine's shared memory" if state.backend == "local" else f"redis, prefix {state.prefix!r}"
+    print(f"budgets: {', '.join(budgets) or 'none'}; state: {where}")
     return 0
 
 

@@ -485,6 +485,22 @@ def test_cli_check_demo_config() -> None:
     result = _cli("check", "--config", str(DEMO_CONFIG))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+    assert "budgets: none; state: this machine's shared memory" in result.stdout
+
+
+def test_cli_check_names_budgets_and_state(tmp_path: Path) -> None:
+    tree = _tree()
+    tree["services"] = {
+        "team": {"budget": {"daily_usd": 5}},
+        "default": {"budget": {"daily_usd": 1, "policy": "reject"}},
+    }
+    tree["state"] = {"backend": "redis", "url": "redis://127.0.0.1:1/0", "prefix": "fleet"}
+    result = _cli("check", "--config", str(write_config(tmp_path, tree)), env={"CLOUD_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    assert (
+        "budgets: team $5/day (downgrade to cheap), default $1/day (reject); state: redis, prefix 'fleet'"
+        in result.stdout
+    )
 
 
 def test_cli_check_bad_config(tmp_path: Path) -> None:
