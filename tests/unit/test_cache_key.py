@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tiermux.cache.key import CacheKeyError, cache_key, decode_key_fields, deterministic
+from tiermux.cache.key import CacheKeyError, cache_key, deterministic, sampling_of
 
 BASE: dict[str, Any] = {
     "model": "auto",
@@ -25,7 +25,7 @@ def key(
     body: dict[str, Any] | bytes, service: str = "default", backend: str = "local", model: str = "m"
 ) -> bytes:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return cache_key(decode_key_fields(raw), "/chat/completions", service, backend, model)
+    return cache_key(raw, "/chat/completions", service, backend, model)
 
 
 def test_a_key_is_sixteen_bytes_and_stable() -> None:
@@ -63,9 +63,9 @@ def test_service_backend_model_and_endpoint_change_the_key() -> None:
     assert key(BASE, service="team-a") != key(BASE, service="team-b")
     assert key(BASE, backend="a") != key(BASE, backend="b")
     assert key(BASE, model="a") != key(BASE, model="b")
-    fields = decode_key_fields(json.dumps(BASE).encode())
-    assert cache_key(fields, "/chat/completions", "s", "b", "m") != cache_key(
-        fields, "/completions", "s", "b", "m"
+    body = json.dumps(BASE).encode()
+    assert cache_key(body, "/chat/completions", "s", "b", "m") != cache_key(
+        body, "/completions", "s", "b", "m"
     )
 
 
@@ -83,17 +83,20 @@ def test_fields_that_do_not_change_the_text_do_not_change_the_key() -> None:
     assert key(BASE | {"model": "something-else"}) == key(BASE)  # the routed backend/model count
 
 
-def test_a_body_that_is_not_an_object_or_has_a_mistyped_parameter_is_refused() -> None:
-    for body in (b"[]", b"not json", b'{"temperature": "hot"}'):
+def test_a_body_that_is_not_a_json_object_is_refused() -> None:
+    for body in (b"[]", b"not json", b'{"messages": [1, 2}', b'{"a": 1} trailing'):
         with pytest.raises(CacheKeyError):
-            decode_key_fields(body)
+            cache_key(body, "/chat/completions", "s", "b", "m")
+    with pytest.raises(CacheKeyError):
+        sampling_of(b'{"temperature": "hot"}')
 
 
 def test_only_greedy_or_seeded_requests_are_deterministic() -> None:
-    assert deterministic(decode_key_fields(b'{"temperature": 0}'))
-    assert deterministic(decode_key_fields(b'{"temperature": 0.7, "seed": 3}'))
-    assert not deterministic(decode_key_fields(b'{"temperature": 0.7}'))
-    assert not deterministic(decode_key_fields(b"{}"))  # the backend's default temperature
+    assert deterministic(sampling_of(b'{"temperature": 0}'))
+    assert deterministic(sampling_of(b'{"temperature": 0.0, "messages": []}'))
+    assert deterministic(sampling_of(b'{"temperature": 0.7, "seed": 3}'))
+    assert not deterministic(sampling_of(b'{"temperature": 0.7}'))
+    assert not deterministic(sampling_of(b"{}"))  # the backend's default temperature
 
 
 @given(st.text(max_size=200), st.text(max_size=200))

@@ -43,6 +43,7 @@ def test_compiled_extensions_are_loaded() -> None:
         (_speedups.h1client, "h1client"),
         (_speedups.classify, "classify"),
         (_speedups.atomics, "atomics"),
+        (_speedups.canonical, "canonical"),
     ):
         assert module.__name__ == f"tiermux._ext.{name}"
         assert module.__file__ is not None

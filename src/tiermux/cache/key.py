@@ -9,78 +9,85 @@ the penalties, ``logit_bias``), the length limits, ``n``, ``logprobs`` and ``top
 What stays out: ``stream`` and ``stream_options`` (an answer can be replayed in either form),
 ``user``, ``metadata`` and the like, which don't change the text.
 
-Canonical form: the fields are decoded (msgspec, C) and encoded again with every object's keys
-sorted and no insignificant whitespace, so key order and formatting don't change the key. Scalar
-parameters are typed, so ``"temperature": 0`` and ``0.0`` are the same request. Hashing is
-xxhash's C implementation of XXH3-128.
+Canonical form (``tiermux._speedups.canonical``, compiled with a pure twin): the body's members
+that matter, objects' keys sorted, no insignificant whitespace, escapes resolved, numbers in one
+spelling (``0``, ``0.0`` and ``0e0`` agree), in one pass over the body. The digest is xxhash's C
+XXH3-128 of the service, backend, model and endpoint, then that form. Whether a request may be
+cached at all (``deterministic``) reads ``temperature`` and ``seed`` apart (msgspec, typed).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 import xxhash
 
-__all__ = ["CacheKeyError", "KeyFields", "cache_key", "deterministic"]
+from tiermux._speedups import canonical
 
-_UNSET: Any = msgspec.UNSET
+__all__ = ["KEY_FIELDS", "CacheKeyError", "Sampling", "cache_key", "deterministic", "sampling_of"]
+
+# The body members that change an answer; everything else (stream, stream_options, user,
+# metadata, model: the routed backend's model counts instead) is left out of the key.
+KEY_FIELDS = frozenset(
+    name.encode()
+    for name in (
+        "messages",
+        "prompt",
+        "input",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "parallel_tool_calls",
+        "response_format",
+        "stop",
+        "temperature",
+        "top_p",
+        "seed",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "echo",
+        "suffix",
+        "best_of",
+        "dimensions",
+        "encoding_format",
+        "reasoning_effort",
+        "modalities",
+    )
+)
+
+CacheKeyError = canonical.CanonicalError
 
 
-class KeyFields(msgspec.Struct, omit_defaults=True):
-    """The body fields that change an answer (the rest of the body is ignored)."""
+class Sampling(msgspec.Struct):
+    """What decides whether the same request gets the same answer."""
 
-    messages: Any = _UNSET
-    prompt: Any = _UNSET
-    input: Any = _UNSET
-    tools: Any = _UNSET
-    tool_choice: Any = _UNSET
-    functions: Any = _UNSET
-    function_call: Any = _UNSET
-    parallel_tool_calls: bool | None = None
-    response_format: Any = _UNSET
-    stop: Any = _UNSET
     temperature: float | None = None
-    top_p: float | None = None
     seed: int | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: Any = _UNSET
-    logprobs: Any = _UNSET
-    top_logprobs: int | None = None
-    echo: bool | None = None
-    suffix: str | None = None
-    best_of: int | None = None
-    dimensions: int | None = None
-    encoding_format: str | None = None
-    reasoning_effort: str | None = None
-    modalities: Any = _UNSET
 
 
-class CacheKeyError(ValueError):
-    """The body can't be keyed (not a JSON object, or a typed parameter of the wrong type)."""
+_decode_sampling = msgspec.json.Decoder(Sampling).decode
 
 
-_decode = msgspec.json.Decoder(KeyFields).decode
-_canonical = msgspec.json.Encoder(order="sorted").encode
+def cache_key(body: bytes, endpoint: str, service: str, backend: str, model: str) -> bytes:
+    """16 bytes naming the answer to ``body`` from ``backend``/``model``, for ``service``;
+    :class:`CacheKeyError` for a body that is not a JSON object."""
+    route = f"{service}\0{backend}\0{model}\0{endpoint}\0".encode()
+    return xxhash.xxh3_128_digest(route + canonical.canonical(body, KEY_FIELDS))
 
 
-def decode_key_fields(body: bytes) -> KeyFields:
+def sampling_of(body: bytes) -> Sampling:
     try:
-        return _decode(body)
+        return _decode_sampling(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CacheKeyError(str(exc)) from None
 
 
-def cache_key(fields: KeyFields, endpoint: str, service: str, backend: str, model: str) -> bytes:
-    """16 bytes naming the answer to ``fields`` from ``backend``/``model``, for ``service``."""
-    canonical = _canonical((service, backend, model, endpoint, fields))
-    return xxhash.xxh3_128_digest(canonical)
-
-
-def deterministic(fields: KeyFields) -> bool:
+def deterministic(sampling: Sampling) -> bool:
     """Whether the same request gets the same answer: greedy decoding, or a fixed seed."""
-    return fields.temperature == 0 or fields.seed is not None
+    return sampling.temperature == 0 or sampling.seed is not None

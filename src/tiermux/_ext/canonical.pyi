@@ -1,0 +1,7 @@
+from collections.abc import Collection
+
+MAX_DEPTH: int
+
+class CanonicalError(ValueError): ...
+
+def canonical(body: bytes, fields: Collection[bytes] | None = None) -> bytes: ...
