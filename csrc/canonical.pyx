@@ -12,7 +12,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport fabs, isfinite
 from libc.stdlib cimport qsort
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memmove
 
 from tiermux._pure.canonical import MAX_DEPTH as _MAX_DEPTH
 from tiermux._pure.canonical import CanonicalError
@@ -348,9 +348,10 @@ cdef class _Walker:
         return _byte(&self.out, 93)
 
     cdef int object(self, int depth, bint top) except -1:
-        cdef Member* members = NULL
+        cdef Member local[16]  # most objects are small: no allocation for them
+        cdef Member* members = local
         cdef Member* grown
-        cdef Py_ssize_t count = 0, capacity = 0
+        cdef Py_ssize_t count = 0, capacity = 16
         if depth > C_MAX_DEPTH:
             raise CanonicalError("nested too deeply")
         try:
@@ -363,8 +364,13 @@ cdef class _Walker:
                 if self.i >= self.n or self.p[self.i] != 34:
                     raise CanonicalError(f"expected a member name at byte {self.i}")
                 if count == capacity:
-                    capacity = capacity * 2 if capacity else 8
-                    grown = <Member*>PyMem_Realloc(members, capacity * sizeof(Member))
+                    capacity *= 2
+                    if members == local:
+                        grown = <Member*>PyMem_Malloc(capacity * sizeof(Member))
+                        if grown != NULL:
+                            memcpy(grown, local, count * sizeof(Member))
+                    else:
+                        grown = <Member*>PyMem_Realloc(members, capacity * sizeof(Member))
                     if grown == NULL:
                         raise MemoryError()
                     members = grown
@@ -396,7 +402,8 @@ cdef class _Walker:
             self.i += 1
             return self.sorted_members(members, count)
         finally:
-            PyMem_Free(members)
+            if members != local:
+                PyMem_Free(members)
 
     cdef int pass_over(self) except -1:
         """Move past a value by its brackets and strings alone (as the pure twin's ``_pass_over``)."""
@@ -438,8 +445,8 @@ cdef class _Walker:
         """The members, written one after the other from ``members[0].start``, rewritten as
         ``{m1,m2,...}`` in key order, the last of equal keys kept."""
         global _sorting
-        cdef Py_ssize_t base, k, total = 0
-        cdef char* sorted_copy
+        cdef Py_ssize_t base, k, size, total = 0, at
+        cdef char* data
         cdef bint first = True
         if count == 0:
             return _put(&self.out, b"{}", 2)
@@ -448,27 +455,26 @@ cdef class _Walker:
             total += members[k].end - members[k].start + 1
         _sorting = self.out.data
         qsort(members, count, sizeof(Member), _by_key)
-        sorted_copy = <char*>PyMem_Malloc(total + 1)
-        if sorted_copy == NULL:
-            raise MemoryError()
-        try:
-            total = 0
-            sorted_copy[0] = 123
-            total = 1
-            for k in range(count):
-                if k + 1 < count and _by_key_equal(self.out.data, members[k], members[k + 1]):
-                    continue  # a later member has the same key
-                if not first:
-                    sorted_copy[total] = 44
-                    total += 1
-                first = False
-                memcpy(sorted_copy + total, self.out.data + members[k].start, members[k].end - members[k].start)
-                total += members[k].end - members[k].start
-            self.out.size = base
-            _put(&self.out, sorted_copy, total)
-            return _byte(&self.out, 125)
-        finally:
-            PyMem_Free(sorted_copy)
+        # The sorted copy is written after the members, then moved down over them.
+        _reserve(&self.out, total + 1)
+        data = self.out.data
+        at = self.out.size
+        data[at] = 123
+        size = 1
+        for k in range(count):
+            if k + 1 < count and _by_key_equal(data, members[k], members[k + 1]):
+                continue  # a later member has the same key
+            if not first:
+                data[at + size] = 44
+                size += 1
+            first = False
+            memcpy(data + at + size, data + members[k].start, members[k].end - members[k].start)
+            size += members[k].end - members[k].start
+        data[at + size] = 125
+        size += 1
+        memmove(data + base, data + at, size)
+        self.out.size = base + size
+        return 0
 
 
 cdef inline bint _by_key_equal(const char* data, Member a, Member b) noexcept nogil:
