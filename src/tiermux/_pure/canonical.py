@@ -11,7 +11,8 @@ Canonical form, so that two bodies that mean the same get the same bytes:
 - ``true``, ``false``, ``null`` as they are.
 
 Only the members of the top-level object whose keys are in ``fields`` are kept (all of them when
-``fields`` is None); the values of the others are passed over by their brackets, not read. Both twins give the same bytes and raise the same ``CanonicalError``.
+``fields`` is None); the values of the others are passed over by their brackets, not read.
+Both twins give the same bytes and raise the same ``CanonicalError``.
 """
 
 from __future__ import annotations

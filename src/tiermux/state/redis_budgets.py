@@ -165,8 +165,15 @@ class RedisBudgetStore:
     async def reserve(self, service: str, day: int, amount: int, limit: int) -> BudgetStore | None:
         link = self.link
         if not link.away:
+            key = self._key(service, day)
+            future = self._reserves.submit((key, amount, limit))
             try:
-                taken = await self._reserves.submit((self._key(service, day), amount, limit))
+                # Shielded: a caller cancelled mid-call (its client left) must not leave a
+                # reservation nobody will settle; it is released as soon as Redis has made it.
+                taken = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                future.add_done_callback(lambda done: self._release_orphan(done, key, amount))
+                raise
             except link.errors as exc:
                 link.failed(exc)
             else:
@@ -177,6 +184,11 @@ class RedisBudgetStore:
                 "Budgets are kept in a shared store that can't be reached right now; try again shortly."
             )
         return await self.local.reserve(service, day, amount, limit)
+
+    def _release_orphan(self, done: asyncio.Future[int], key: str, amount: int) -> None:
+        if not done.cancelled() and done.exception() is None and done.result():
+            item = (key, str(-amount), "0")
+            self._settles.submit(item).add_done_callback(lambda settled: self._settled(settled, item))
 
     def settle(self, service: str, day: int, reserved: int, actual: int) -> None:
         if reserved == actual == 0:
