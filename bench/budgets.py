@@ -29,7 +29,6 @@ import sys
 import time
 
 from bench.throughput import (
-    MOCK_MODEL,
     RESULTS_DIR,
     BenchError,
     Processes,
@@ -37,7 +36,6 @@ from bench.throughput import (
     WrkResult,
     _grouping_line,
     _machine_lines,
-    children,
     command_line,
     cpu_section,
     free_port,
@@ -47,19 +45,16 @@ from bench.throughput import (
     md_table,
     median_proxy_cpu_us,
     medians,
-    process_tree,
     quiet_section,
     ratio,
     route_probe,
-    run_rounds,
+    run_against_nginx,
     runs_section,
     start_mock,
     start_nginx,
     start_tiermux,
-    tiermux_groups,
     verdict,
     write_report,
-    wrk_runner,
 )
 
 __all__ = ["run_budgets"]
@@ -169,7 +164,6 @@ def run_budgets(args: argparse.Namespace) -> int:
             for target, extra in configs.items()
         }
         targets = ("nginx", *servers)
-        workers = {t: children(s.pid) for t, s in servers.items()}
         for server in servers.values():
             route_probe(server.url)
         budgets = {t: budget_probe(s.url) for t, s in servers.items()}
@@ -177,20 +171,8 @@ def run_budgets(args: argparse.Namespace) -> int:
             spent = budgets[target].get("spent_usd", 0)
             if (target != "pass-through") != (isinstance(spent, float) and spent > 0):
                 raise BenchError(f"{target}: the budget does not behave as its name says: {budgets[target]}")
-        print(
-            f"mock {mock.url}  nginx {nginx.url}  "
-            + "  ".join(f"{t} {s.url} (workers {workers[t]})" for t, s in servers.items()),
-            flush=True,
-        )
-        urls = {"nginx": nginx.url} | {t: s.url for t, s in servers.items()}
-        models = {"nginx": MOCK_MODEL} | {t: "auto" for t in servers}
-        proxies = {"nginx": {"nginx": process_tree(nginx.pid)}} | {
-            t: tiermux_groups(s, workers[t]) for t, s in servers.items()
-        }
-        if redis is not None:
-            proxies["budget-redis"] = proxies["budget-redis"] | {"redis-server": [redis.pid]}
-        one = wrk_runner(args, mock, urls, models, proxies, servers)
-        rounds = run_rounds(args, targets, one)
+        redis_group = {"budget-redis": {"redis-server": [redis.pid]}} if redis is not None else None
+        rounds = run_against_nginx(args, mock, nginx, servers, redis_group)
         after = {t: budget_probe(s.url) for t, s in servers.items()}
     health_us = health_cost_us()
     report = budgets_report(args, info, targets, rounds, after, health_us)

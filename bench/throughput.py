@@ -1156,6 +1156,34 @@ def throughput_report(args: argparse.Namespace, info: dict[str, str], rounds: li
 
 
 # --------------------------------------------------------------------------------------------
+def run_against_nginx(
+    args: argparse.Namespace,
+    mock: Service,
+    nginx: Service,
+    servers: dict[str, Service],
+    extra_groups: dict[str, dict[str, list[int]]] | None = None,
+) -> list[list[WrkResult]]:
+    """Interleaved rounds against nginx and tiermux instances in front of ``mock``, ``auto``
+    for tiermux; ``extra_groups`` adds processes whose CPU counts for a target (Redis, say)."""
+    workers = {t: children(s.pid) for t, s in servers.items()}
+    print(
+        f"mock {mock.url}  nginx {nginx.url}  "
+        + "  ".join(f"{t} {s.url} (workers {workers[t]})" for t, s in servers.items()),
+        flush=True,
+    )
+    urls = {"nginx": nginx.url} | {t: s.url for t, s in servers.items()}
+    models = {"nginx": MOCK_MODEL} | {t: "auto" for t in servers}
+    proxies = {"nginx": {"nginx": process_tree(nginx.pid)}} | {
+        t: tiermux_groups(s, workers[t]) | (extra_groups or {}).get(t, {}) for t, s in servers.items()
+    }
+    one = wrk_runner(args, mock, urls, models, proxies, servers)
+    rounds = run_rounds(args, ("nginx", *servers), one)
+    for t, s in servers.items():
+        if children(s.pid) != workers[t]:
+            print(f"note: {t} workers changed during the run: {workers[t]} -> {children(s.pid)}")
+    return rounds
+
+
 # Mode 1b: the cost of routing, classifier on against pass-through
 # --------------------------------------------------------------------------------------------
 
@@ -1199,24 +1227,9 @@ def run_routing(args: argparse.Namespace) -> int:
                 classifier=False,
             ),
         }
-        workers = {t: children(s.pid) for t, s in servers.items()}
         probes = {t: route_probe(s.url) for t, s in servers.items()}
         check_probes(probes)
-        print(
-            f"mock {mock.url}  nginx {nginx.url}  "
-            + "  ".join(f"{t} {s.url} (workers {workers[t]})" for t, s in servers.items()),
-            flush=True,
-        )
-        urls = {"nginx": nginx.url} | {t: s.url for t, s in servers.items()}
-        models = {"nginx": MOCK_MODEL} | {t: "auto" for t in servers}
-        proxies = {"nginx": {"nginx": process_tree(nginx.pid)}} | {
-            t: tiermux_groups(s, workers[t]) for t, s in servers.items()
-        }
-        one = wrk_runner(args, mock, urls, models, proxies, servers)
-        rounds = run_rounds(args, ROUTING_TARGETS, one)
-        for t, s in servers.items():
-            if children(s.pid) != workers[t]:
-                print(f"note: {t} workers changed during the run: {workers[t]} -> {children(s.pid)}")
+        rounds = run_against_nginx(args, mock, nginx, servers)
     report = routing_report(args, info, rounds, probes)
     write_report(args.out or RESULTS_DIR / "routing.md", report)
     return 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -249,6 +251,29 @@ async def storm(port: int, bodies: list[bytes]) -> list[tuple[int, dict[str, str
     await asyncio.sleep(0.05)
     gate.set()
     return await asyncio.gather(*tasks)
+
+
+def varied_chat_bodies(count: int, seed: int, model: str = "smart") -> list[bytes]:
+    """Chat bodies that each cost something different: their own prompt length and max_tokens."""
+    rng = random.Random(seed)
+    return [
+        json.dumps(
+            {
+                "model": model,
+                "max_tokens": rng.randrange(1, 65),
+                "messages": [{"role": "user", "content": "word " * rng.randrange(10, 400)}],
+            }
+        ).encode()
+        for _ in range(count)
+    ]
+
+
+def dearest_worst_case(bodies: list[bytes], input_price: int, output_price: int) -> int:
+    """The largest worst case (pico-USD) a budget reserves for any of ``bodies`` at these prices
+    per token: the body over 3 bytes a token plus 32, and its ``max_tokens``."""
+    return max(
+        (len(body) // 3 + 32) * input_price + json.loads(body)["max_tokens"] * output_price for body in bodies
+    )
 
 
 # --- a real redis-server ----------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 from collections.abc import Callable
@@ -25,7 +24,16 @@ from typing import Any
 import httpx
 import pytest
 from bench.mock_backend import run_in_thread
-from tests.support import CLOUD_MODEL, VLLM_MODEL, ServerProcess, backend_entry, storm, wait_until
+from tests.support import (
+    CLOUD_MODEL,
+    VLLM_MODEL,
+    ServerProcess,
+    backend_entry,
+    dearest_worst_case,
+    storm,
+    varied_chat_bodies,
+    wait_until,
+)
 
 PICO = 10**12
 PRICES = {"local": (0.2, 0.6), "cloud": (3.0, 15.0)}  # USD per 1M tokens
@@ -70,17 +78,7 @@ def test_the_budget_holds_under_two_thousand_concurrent_requests(
             "services": {"default": {"budget": {"daily_usd": LIMIT_USD, "policy": policy}}},
         }
         server = server_factory(config_file(tree), workers=workers)
-        rng = random.Random(workers)
-        bodies = [
-            json.dumps(
-                {
-                    "model": "smart",
-                    "max_tokens": rng.randrange(1, 65),
-                    "messages": [{"role": "user", "content": "word " * rng.randrange(10, 400)}],
-                }
-            ).encode()
-            for _ in range(REQUESTS)
-        ]
+        bodies = varied_chat_bodies(REQUESTS, seed=workers)
         answers = asyncio.run(storm(server.port, bodies))
 
         statuses = [status for status, _, _ in answers]
@@ -88,11 +86,7 @@ def test_the_budget_holds_under_two_thousand_concurrent_requests(
         answered = [(h["x-tiermux-backend"], json.loads(p)) for s, h, p in answers if s == 200]
         assert answered and statuses.count(429) > 0
         actual = sum(_cost(backend, answer["usage"]) for backend, answer in answered)
-        # The dearest worst case of any request: its body over 3 bytes a token plus 32, and its output.
-        worst = max(
-            (len(body) // 3 + 32) * _per_token(3.0) + json.loads(body)["max_tokens"] * _per_token(15.0)
-            for body in bodies
-        )
+        worst = dearest_worst_case(bodies, _per_token(3.0), _per_token(15.0))
 
         with httpx.Client(base_url=server.url, timeout=10) as client:
             stats = client.get("/stats").json()

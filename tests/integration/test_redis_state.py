@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,9 @@ from tests.support import (
     RedisServer,
     ServerProcess,
     backend_entry,
+    dearest_worst_case,
     storm,
+    varied_chat_bodies,
     wait_until,
 )
 
@@ -226,17 +227,7 @@ def test_two_serves_share_a_budget_under_two_thousand_concurrent_requests(
     tree["state"]["timeout"] = 10
     path = config_file(tree)
     servers = [server_factory(path, workers=2), server_factory(path, workers=2)]
-    rng = random.Random(7)
-    bodies = [
-        json.dumps(
-            {
-                "model": "smart",
-                "max_tokens": rng.randrange(1, 65),
-                "messages": [{"role": "user", "content": "word " * rng.randrange(10, 400)}],
-            }
-        ).encode()
-        for _ in range(2000)
-    ]
+    bodies = varied_chat_bodies(2000, seed=7)
 
     async def both() -> list[tuple[int, dict[str, str], bytes]]:
         halves = await asyncio.gather(
@@ -250,9 +241,7 @@ def test_two_serves_share_a_budget_under_two_thousand_concurrent_requests(
     answered = [json.loads(payload) for status, _, payload in answers if status == 200]
     assert answered and statuses.count(429) > 0
     actual = sum(_cost(answer["usage"]) for answer in answered)
-    worst = max(
-        (len(body) // 3 + 32) * 3_000_000 + json.loads(body)["max_tokens"] * 15_000_000 for body in bodies
-    )
+    worst = dearest_worst_case(bodies, 3_000_000, 15_000_000)
     assert actual <= round(0.3 * PICO) + worst
     for server in servers:
         with httpx.Client(base_url=server.url, timeout=10) as client:

@@ -61,7 +61,6 @@ def _alive(pid: int) -> bool:
 class LocalBudgetStore:
     """Reserve, settle and read the day's budget of each service in shared cells."""
 
-    shared = False  # with this machine's workers only
     name = "local"
 
     def __init__(self, services: Sequence[str], cells: atomics.Cells) -> None:
