@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -250,3 +251,27 @@ def test_two_serves_share_a_budget_under_two_thousand_concurrent_requests(
         assert budget["spent_usd"] == actual / PICO  # the fleet's spend, exactly
         assert budget["reserved_usd"] == 0
         assert budget["rejected_requests"] == statuses.count(429)
+
+
+def test_a_reservation_whose_caller_left_mid_call_is_released(
+    fleet: Callable[..., ProxyClient], redis_server: RedisServer
+) -> None:
+    client = fleet()
+    store = client.app.budgets.store
+    day = client.app.budgets.clock.today()
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def cancel_while_redis_is_paused() -> tuple[int, int, int, int]:
+        await asyncio.to_thread(admin.client_pause, 500)  # the reserve call waits on Redis
+        caller = asyncio.ensure_future(store.reserve("default", day, 1_000, 10**12))
+        await asyncio.sleep(0.1)
+        caller.cancel()  # the client left (or the worker shuts down) mid-call
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        await asyncio.sleep(1.0)  # Redis answers: the reservation is made, then released
+        totals: tuple[int, int, int, int] = await store.totals("default", day)
+        return totals
+
+    spent, committed, _, _ = client.run(cancel_while_redis_is_paused())
+    admin.close()
+    assert (spent, committed) == (0, 0)
