@@ -41,6 +41,7 @@ __all__ = [
     "parse_config",
 ]
 
+KiB = 1024
 MiB = 1024 * 1024
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -220,6 +221,31 @@ class StateConfig(_Strict, frozen=True):
     """Seconds between attempts to reach Redis again after a failure."""
 
 
+class CacheConfig(_Strict, frozen=True):
+    """The exact response cache and the deduplication of identical requests in flight.
+
+    Only a byte-for-byte equivalent request (same service, backend, model, conversation and
+    every parameter that changes the answer) is answered from the cache: never a merely similar
+    one. By default only requests whose answer is reproducible are cached (``temperature: 0``, or
+    a ``seed``); embeddings always are."""
+
+    enabled: bool = True
+    ttl: PositiveFloat = 300.0
+    """Seconds an answer is served from the cache."""
+    max_bytes: PositiveInt = 64 * MiB
+    """Bytes of answers each worker keeps; the least recently used go first."""
+    max_entry_bytes: PositiveInt = 1 * MiB
+    """Answers larger than this are not kept."""
+    only_deterministic: bool = True
+    """Cache only reproducible requests; off, sampled answers are replayed too."""
+    dedup: bool = True
+    """Identical requests in flight at the same time share one upstream call."""
+    shared: bool = False
+    """Share answers with every instance through the Redis of ``state`` (needs ``backend: redis``)."""
+    shared_max_entry_bytes: PositiveInt = 256 * KiB
+    """Answers larger than this stay in the worker's own cache."""
+
+
 class AuthConfig(_Strict, frozen=True):
     """Who may use tiermux: clients send one of ``keys`` as ``Authorization: Bearer`` (or ``x-api-key``)."""
 
@@ -241,6 +267,7 @@ class Config(_Strict, frozen=True):
     services: dict[str, ServiceConfig] = {}
     budgets: BudgetsConfig = BudgetsConfig()
     state: StateConfig = StateConfig()
+    cache: CacheConfig = CacheConfig()
 
     @property
     def client_keys(self) -> dict[str, str | None]:
@@ -419,6 +446,10 @@ def _check_budgets_and_state(config: Config, source: str) -> None:
         raise ConfigError(source, "$.state.url", "a url is only used with backend: redis")
     if not state.prefix or any(c in state.prefix for c in " {}\r\n"):
         raise ConfigError(source, "$.state.prefix", "expected a non-empty name without spaces or braces")
+    if config.cache.shared and state.backend != "redis":
+        raise ConfigError(
+            source, "$.cache.shared", "the shared cache lives in the Redis of state: set state.backend: redis"
+        )
 
 
 def _check_routing_policy(config: Config, source: str) -> None:

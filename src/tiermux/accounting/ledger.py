@@ -4,6 +4,11 @@ Costs are integers of pico-dollars (1e-12 USD; a price of $0.005 per million tok
 token), so that additions from every worker are exact and their sum is the sum of the parts. Next
 to each cost, the same tokens are priced at the capable tier's first backend: the **baseline**
 the savings are measured against (what sending everything to the capable tier would have cost).
+
+Answers that cost nothing (a cache hit, a request that shared an identical call in flight) are
+booked too: counted as requests and as ``cache_answers``, their tokens priced at the baseline (so
+that they count fully as savings) and at the backend that first answered (``cache_saved``, what
+the cache itself saved); their tokens are not added to the tokens paid for.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from tiermux.routing.categories import CATEGORIES
 
 __all__ = ["FIELDS", "Ledger", "ledger_cells"]
 
-REQUESTS, UNMETERED, INPUT, CACHED, OUTPUT, COST, BASELINE = range(7)
-FIELDS = 7
+REQUESTS, UNMETERED, INPUT, CACHED, OUTPUT, COST, BASELINE, CACHE_ANSWERS, CACHE_SAVED = range(9)
+FIELDS = 9
 NO_CATEGORY = "none"
 PINNED_TIER = "pinned"
 PICO = 10**12
@@ -99,6 +104,22 @@ class Ledger:
         cells.add(base + BASELINE, self._baseline.cost(usage))
         return cost
 
+    def record_free(
+        self, service: str, backend: str, tier: str, category: str | None, usage: Usage | None
+    ) -> int:
+        """Book one request answered without a backend call; what that call would have cost."""
+        cells = self._cells
+        base = self._base(service, backend, tier, category)
+        cells.add(base + REQUESTS, 1)
+        cells.add(base + CACHE_ANSWERS, 1)
+        if usage is None:
+            cells.add(base + UNMETERED, 1)
+            return 0
+        saved = self._prices[backend].cost(usage)
+        cells.add(base + CACHE_SAVED, saved)
+        cells.add(base + BASELINE, self._baseline.cost(usage))
+        return saved
+
     def snapshot(self) -> dict[str, object]:
         """Totals, and the same by service, backend, tier and category (what ``/stats`` shows)."""
         rows = []
@@ -139,4 +160,6 @@ def _summary(rows: Sequence[list[int]]) -> dict[str, object]:
         "spend_usd": total[COST] / PICO,
         "baseline_usd": total[BASELINE] / PICO,
         "savings_usd": (total[BASELINE] - total[COST]) / PICO,
+        "cache_answers": total[CACHE_ANSWERS],
+        "cache_saved_usd": total[CACHE_SAVED] / PICO,
     }

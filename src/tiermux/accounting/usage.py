@@ -13,7 +13,7 @@ import msgspec
 
 from tiermux._speedups import jsonscan
 
-__all__ = ["Usage", "UsageTap", "ask_for_usage", "usage_of"]
+__all__ = ["Usage", "UsageTap", "ask_for_usage", "usage_of", "wants_usage"]
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 MAX_EVENT_BYTES = 1 << 20  # a longer event than this is relayed without being looked at
@@ -48,6 +48,26 @@ def usage_of(answer: bytes) -> Usage | None:
         return _decode(answer).usage
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class _Streamed(msgspec.Struct):
+    stream_options: _StreamOptions | None = None
+
+
+_decode_streamed = msgspec.json.Decoder(_Streamed).decode
+
+
+def wants_usage(body: bytes) -> bool:
+    """Whether a streaming request asked for the usage chunk (``stream_options.include_usage``)."""
+    try:
+        options = _decode_streamed(body).stream_options
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return options is not None and bool(options.include_usage)
 
 
 def ask_for_usage(body: bytes) -> bytes | None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tiermux.state.redis_link import RedisLink
 
 __all__ = [
+    "CACHE_FIELDS",
     "HEALTH_FIELDS",
     "STATE_ENV",
     "Layout",
@@ -26,6 +27,8 @@ __all__ = [
 
 # Cells per backend in the "health" block (see tiermux.upstream.health).
 HEALTH_FIELDS = 7
+# Cells of the response cache's counters (see tiermux.cache.responses).
+CACHE_FIELDS = 8
 
 
 def layout_for(config: Config) -> Layout:
@@ -37,6 +40,7 @@ def layout_for(config: Config) -> Layout:
             "health": HEALTH_FIELDS * len(names),
             "ledger": ledger_cells(config),
             "budgets": budget_cells(len(config.service_names)),
+            "cache": CACHE_FIELDS,
         },
         [
             f"backends={','.join(names)}",

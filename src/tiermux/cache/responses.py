@@ -1,0 +1,170 @@
+"""The response cache as the proxy sees it: whether a request may use it, its key, the entries
+(this worker's, then the shared layer's), the calls in flight, and the counts.
+
+Whether a request may use the cache (``mode``):
+
+* ``Cache-Control: no-store`` on the request: neither read nor written, nor joined to a call in
+  flight (``BYPASS``);
+* ``Cache-Control: no-cache``: a fresh answer is fetched (never read from the cache, never joined
+  to a call in flight) and then kept for the next request (``REFRESH``);
+* with ``cache.only_deterministic`` (the default), a request whose answer is sampled (no
+  ``temperature: 0`` and no ``seed``) is ``BYPASS``; embeddings are always reproducible;
+* everything else ``USE``: answered from the cache, joined to an identical call in flight, or
+  sent upstream and kept.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+import msgspec
+
+from tiermux._speedups import atomics
+from tiermux.cache.flight import Flight
+from tiermux.cache.key import cache_key, deterministic, sampling_of
+from tiermux.cache.shared import SharedCache
+from tiermux.cache.store import Entry, LocalCache
+from tiermux.config import CacheConfig
+from tiermux.state import CACHE_FIELDS
+
+__all__ = ["Mode", "Outcome", "ResponseCache", "complete"]
+
+
+class Mode(enum.Enum):
+    USE = "use"
+    REFRESH = "refresh"
+    BYPASS = "bypass"
+
+
+class Outcome(enum.IntEnum):
+    """How a request was answered, as the ``X-Tiermux-Cache`` header says; also the index of its
+    counter in the shared cells."""
+
+    HIT = 0
+    MISS = 1
+    DEDUP = 2
+    BYPASS = 3
+
+    @property
+    def header(self) -> tuple[bytes, bytes]:
+        return _HEADERS[self]
+
+
+_HEADERS = {outcome: (b"x-tiermux-cache", outcome.name.encode()) for outcome in Outcome}
+
+# Counters after the four outcomes, summed over workers in the shared segment.
+SHARED_HITS, STORED, EVICTED, NOT_STORED = range(4, CACHE_FIELDS)
+
+_NO_STORE = b"no-store"
+_NO_CACHE = b"no-cache"
+
+
+class _Choice(msgspec.Struct):
+    finish_reason: str | None = None
+
+
+class _Answer(msgspec.Struct):
+    choices: list[_Choice] | None = None
+    error: msgspec.Raw | None = None
+
+
+_decode_answer = msgspec.json.Decoder(_Answer).decode
+
+
+def complete(answer: bytes) -> bool:
+    """Whether a successful JSON answer is whole: every choice finished (an embedding has none),
+    no error object in it. Only whole answers are kept."""
+    try:
+        parsed = _decode_answer(answer)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    if parsed.error is not None:
+        return False
+    return all(choice.finish_reason for choice in parsed.choices or ())
+
+
+class ResponseCache:
+    def __init__(self, config: CacheConfig, cells: atomics.Cells, shared: SharedCache | None = None) -> None:
+        if cells.count < CACHE_FIELDS:
+            raise ValueError("not enough cells for the cache counters")
+        self.config = config
+        self.enabled = config.enabled
+        self.dedup = config.dedup
+        self.local = LocalCache(config.max_bytes, config.max_entry_bytes, config.ttl)
+        self.shared = shared
+        self.flights: dict[bytes, Flight] = {}
+        self._cells = cells
+
+    def __repr__(self) -> str:
+        return (
+            f"<ResponseCache {self.local!r} shared={self.shared is not None} in_flight={len(self.flights)}>"
+        )
+
+    def mode(self, endpoint: str, body: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Mode:
+        if not self.enabled:
+            return Mode.BYPASS
+        refresh = False
+        for name, value in headers:
+            if name == b"cache-control":
+                directives = value.lower()
+                if _NO_STORE in directives:
+                    return Mode.BYPASS
+                refresh = refresh or _NO_CACHE in directives
+        if self.config.only_deterministic and endpoint != "/embeddings":
+            try:
+                if not deterministic(sampling_of(body)):
+                    return Mode.BYPASS
+            except ValueError:  # not a JSON object with the usual types: the backend will say
+                return Mode.BYPASS
+        return Mode.REFRESH if refresh else Mode.USE
+
+    key = staticmethod(cache_key)
+
+    def get(self, key: bytes) -> Entry | None:
+        """This worker's entry for ``key``, if fresh."""
+        return self.local.get(key)
+
+    async def get_shared(self, key: bytes) -> Entry | None:
+        """The shared layer's entry for ``key`` (kept here too), if there is a shared layer."""
+        if self.shared is None:
+            return None
+        entry = await self.shared.get(key)
+        if entry is not None:
+            self._cells.add(SHARED_HITS, 1)
+            self.local.put(key, entry)
+        return entry
+
+    def store(self, key: bytes, entry: Entry) -> None:
+        evicted = self.local.evictions
+        kept = self.local.put(key, entry)
+        if self.shared is not None:
+            kept = self.shared.put(key, entry) or kept
+        self._cells.add(STORED if kept else NOT_STORED, 1)
+        if self.local.evictions != evicted:
+            self._cells.add(EVICTED, self.local.evictions - evicted)
+
+    def count(self, outcome: Outcome) -> None:
+        self._cells.add(outcome, 1)
+
+    def snapshot(self) -> dict[str, object]:
+        """The counts of every worker, and this worker's own store."""
+        load = self._cells.load
+        return {
+            "enabled": self.enabled,
+            "hits": load(Outcome.HIT),
+            "shared_hits": load(SHARED_HITS),
+            "misses": load(Outcome.MISS),
+            "dedups": load(Outcome.DEDUP),
+            "bypasses": load(Outcome.BYPASS),
+            "stored": load(STORED),
+            "not_stored": load(NOT_STORED),
+            "evicted": load(EVICTED),
+            "worker_entries": len(self.local),
+            "worker_bytes": self.local.size,
+            "in_flight": len(self.flights),
+        }
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.drain()
