@@ -22,6 +22,8 @@ from tiermux.api.auth import Authenticator
 from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList, encode_decision
+from tiermux.cache.responses import ResponseCache
+from tiermux.cache.shared import SharedCache
 from tiermux.config import Config, is_loopback, load_config
 from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.routing.router import Router
@@ -65,8 +67,20 @@ class TiermuxApp:
         if self.redis is not None:
             self.health.mirror = RedisHealthMirror(self.redis)
         self.budgets = Budgets(config, budget_store(config, self.segment, self.redis), self.ledger.prices())
+        shared = (
+            SharedCache(self.redis, config.cache.ttl, config.cache.shared_max_entry_bytes)
+            if self.redis is not None and config.cache.shared
+            else None
+        )
+        self.cache = ResponseCache(config.cache, self.segment.cells("cache"), shared)
         self.forwarder = Forwarder(
-            self.router, self.backends, config.server.max_body_bytes, self.health, self.ledger, self.budgets
+            self.router,
+            self.backends,
+            config.server.max_body_bytes,
+            self.health,
+            self.ledger,
+            self.budgets,
+            self.cache,
         )
         # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set, and
         # the admin endpoints an admin key (or, without admin keys, a loopback listener).
@@ -171,6 +185,7 @@ class TiermuxApp:
         state of today's budgets."""
         stats = self.ledger.snapshot()
         stats["budgets"] = await self.budgets.snapshot()
+        stats["cache"] = self.cache.snapshot()
         await _send_json(send, 200, msgspec.json.encode(stats))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -204,6 +219,7 @@ class TiermuxApp:
 
     async def aclose(self) -> None:
         await self.health.close()
+        await self.cache.aclose()
         if self.redis is not None:
             await self.budgets.drain()
             await self.redis.aclose()

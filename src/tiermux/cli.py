@@ -53,7 +53,24 @@ def _check(args: argparse.Namespace) -> int:
     state = config.state
     where = "this machine's shared memory" if state.backend == "local" else f"redis, prefix {state.prefix!r}"
     print(f"budgets: {', '.join(budgets) or 'none'}; state: {where}")
+    print(f"cache: {_describe_cache(config)}")
     return 0
+
+
+def _describe_cache(config: Config) -> str:
+    cache = config.cache
+    if not cache.enabled:
+        return "off"
+    parts = [
+        f"{cache.ttl:g}s",
+        f"{cache.max_bytes / 2**20:g} MiB per worker",
+        "deterministic requests only" if cache.only_deterministic else "sampled requests too",
+    ]
+    if cache.dedup:
+        parts.append("identical requests in flight shared")
+    if cache.shared:
+        parts.append("shared through redis")
+    return "on (" + ", ".join(parts) + ")"
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ SSE error event and a clean end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -26,7 +27,7 @@ import msgspec
 from tiermux._speedups import h1client, jsonscan
 from tiermux.accounting.budget import Budgets, Reservation
 from tiermux.accounting.ledger import Ledger
-from tiermux.accounting.usage import Usage, UsageTap, ask_for_usage, usage_of
+from tiermux.accounting.usage import Usage, UsageTap, ask_for_usage, usage_of, wants_usage
 from tiermux.api.disconnect import DisconnectWatcher
 from tiermux.api.errors import (
     BadGateway,
@@ -36,8 +37,13 @@ from tiermux.api.errors import (
     ProxyError,
     UpstreamFailure,
 )
-from tiermux.api.headers import relayed_headers
+from tiermux.api.headers import JSON_HEADERS, SSE_HEADERS, relayed_headers
 from tiermux.api.wire import decode_routing_fields
+from tiermux.cache.flight import Flight, Head
+from tiermux.cache.key import CacheKeyError
+from tiermux.cache.replay import ReplayError, assemble, replay
+from tiermux.cache.responses import Mode, Outcome, ResponseCache, complete
+from tiermux.cache.store import Entry
 from tiermux.config import DEFAULT_SERVICE
 from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
 from tiermux.routing.router import Decision, Router
@@ -84,8 +90,10 @@ class Forwarder:
         health: Health,
         ledger: Ledger,
         budgets: Budgets,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.router = router
+        self.cache = cache if cache is not None and cache.enabled else None
         self.backends = backends
         self.health = health
         self.ledger = ledger
@@ -157,12 +165,25 @@ class Forwarder:
         body = await self.receive_body(receive)
         service = self._service(scope)
         decision, request = self._route(endpoint, body, scope)
+        cache = self.cache
+        cache_header = None
+        if cache is not None:
+            mode = cache.mode(endpoint, body, scope["headers"])
+            if request is None and endpoint != "/embeddings":
+                mode = Mode.BYPASS  # a body routing could not read is not one to replay either
+            if mode is not Mode.BYPASS:
+                await self._cached(mode, endpoint, body, request, decision, service, receive, send)
+                return
+            cache.count(Outcome.BYPASS)
+            cache_header = Outcome.BYPASS.header
         if service not in self.budgets.rules:
-            await self._answer(endpoint, body, request, decision, service, None, receive, send)
+            await self._answer(endpoint, body, request, decision, service, None, receive, send, cache_header)
             return
         decision, reservation = await self.budgets.admit(service, decision, endpoint, len(body), request)
         try:
-            await self._answer(endpoint, body, request, decision, service, reservation, receive, send)
+            await self._answer(
+                endpoint, body, request, decision, service, reservation, receive, send, cache_header
+            )
         finally:
             if reservation is not None:
                 reservation.settle(0)  # released, unless booking the answer settled it already
@@ -177,6 +198,7 @@ class Forwarder:
         reservation: Reservation | None,
         receive: Receive,
         send: Send,
+        cache_header: tuple[bytes, bytes] | None = None,
     ) -> None:
         # A stream reports its usage only when asked: ask, and take the answer out again.
         strip_usage = False
@@ -191,6 +213,8 @@ class Forwarder:
         with self.disconnects.watch(receive):
             backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
+            if cache_header is not None:
+                headers.append(cache_header)
             if payload is not None:
                 if response.status < 400:
                     self._book(service, backend, decision, usage_of(payload), reservation)
@@ -204,6 +228,243 @@ class Forwarder:
                 self.health.finished(backend.name)
                 if response.status < 400:
                     self._book(service, backend, decision, tap.usage, reservation)
+
+    # --- answers paid for once ---------------------------------------------------------------
+
+    async def _cached(
+        self,
+        mode: Mode,
+        endpoint: str,
+        body: bytes,
+        request: RequestText | None,
+        decision: Decision,
+        service: str,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Answer from the cache, or join an identical call in flight, or start one (which keeps
+        its answer for the next request)."""
+        cache = self.cache
+        assert cache is not None
+        planned = self.backends[self.health.plan(decision.backends)[0]]
+        try:
+            key = cache.key(body, endpoint, service, planned.name, planned.config.model)
+        except CacheKeyError as exc:
+            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+        stream = request is not None and request.stream
+        form = _Form(stream, stream and wants_usage(body))
+        flight = None
+        if mode is Mode.USE:
+            entry = cache.get(key)
+            if entry is not None:
+                cache.count(Outcome.HIT)
+                await self._send_entry(entry, decision, service, form, send)
+                return
+            if cache.dedup:
+                flight = cache.flights.get(key)
+        first = flight is None
+        if flight is None:
+            flight = Flight()
+            if mode is Mode.USE and cache.dedup:
+                cache.flights[key] = flight
+            call = _Call(key, planned.name, mode, endpoint, body, request, decision, service)
+            flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
+        flight.join()
+        try:
+            with self.disconnects.watch(receive):
+                await self._serve_flight(flight, first, service, form, send)
+        finally:
+            flight.leave()
+            if flight.subscribers == 0 and not flight.done and cache.flights.get(key) is flight:
+                del cache.flights[key]  # abandoned: nobody may join a call being cancelled
+
+    async def _fly(self, flight: Flight, call: _Call) -> None:
+        """The upstream call of a flight, in a task of its own: the shared layer, the budget,
+        the backends; its answer kept when it is whole."""
+        cache = self.cache
+        assert cache is not None
+        reservation = None
+        try:
+            decision = call.decision
+            if call.mode is Mode.USE and cache.shared is not None:
+                entry = await cache.get_shared(call.key)
+                if entry is not None and entry.backend in self.backends:
+                    self._land(flight, entry, decision)
+                    return
+            if call.service in self.budgets.rules:
+                decision, reservation = await self.budgets.admit(
+                    call.service, decision, call.endpoint, len(call.body), call.request
+                )
+                if decision is not call.decision and call.mode is Mode.USE:
+                    # Downgraded: the cheaper tier's answer may be kept already.
+                    entry = cache.get(
+                        self._key_for(call, self.backends[self.health.plan(decision.backends)[0]])
+                    )
+                    if entry is not None:
+                        self._land(flight, entry, decision)
+                        return
+            await self._fetch(flight, call, decision, reservation)
+        except ProxyError as exc:
+            flight.fail(exc)
+        except asyncio.CancelledError:
+            flight.fail(BadGateway("the request was cancelled"))
+            raise
+        except Exception:
+            logger.exception("unhandled error fetching an answer to share")
+            flight.fail(ProxyError("internal error in tiermux"))
+        finally:
+            if reservation is not None:
+                reservation.settle(0)  # released, unless booking the answer settled it already
+            if cache.flights.get(call.key) is flight:
+                del cache.flights[call.key]
+
+    async def _fetch(
+        self, flight: Flight, call: _Call, decision: Decision, reservation: Reservation | None
+    ) -> None:
+        body = call.body
+        if call.request is not None and call.request.stream:
+            body = ask_for_usage(body) or body  # the answer's cost, and the replay's usage chunk
+        try:
+            start, end = jsonscan.value_span(body, b"model")
+        except jsonscan.ScanError as exc:
+            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+        backend, response, payload = await self._forward(decision.backends, call.endpoint, body, start, end)
+        status = response.status
+        headers = relayed_headers(response.headers, self._added_headers(decision, backend))
+        if payload is not None:
+            flight.usage = usage = usage_of(payload) if status < 400 else None
+            if status < 400:
+                self._book(call.service, backend, decision, usage, reservation)
+            flight.answer(Head(status, headers, backend, decision, streamed=False))
+            if status == 200 and complete(payload):
+                self._keep(call, backend, payload, usage)
+            flight.finish(payload)
+            return
+        flight.answer(Head(status, headers, backend, decision, streamed=True))
+        tap = UsageTap(False)
+        broken = None
+        try:
+            while True:
+                try:
+                    chunk = await response.read()
+                except UpstreamError as exc:
+                    logger.warning("stream broken by backend %s: %s", backend.name, exc)
+                    self.health.record_failure(backend.name, f"stream broke: {exc}")
+                    broken = BadGateway(f"the backend stream broke: {exc}")
+                    break
+                if not chunk:
+                    break
+                tap.feed(chunk)
+                flight.push(chunk)
+            tap.finish()
+        finally:
+            response.close()
+            self.health.finished(backend.name)
+            if status < 400:
+                self._book(call.service, backend, decision, tap.usage, reservation)
+        flight.usage = tap.usage
+        answer = assemble(b"".join(flight.chunks)) if status == 200 and broken is None else None
+        if answer is not None:
+            self._keep(call, backend, answer, tap.usage)
+        flight.finish(answer, broken)
+
+    def _land(self, flight: Flight, entry: Entry, decision: Decision) -> None:
+        """End a flight with a kept answer instead of a call."""
+        backend = self.backends[entry.backend]
+        headers = [*JSON_HEADERS, *self._added_headers(decision, backend)]
+        flight.answer(Head(200, headers, backend, decision, streamed=False, hit=True))
+        flight.usage = entry.usage
+        flight.finish(entry.body)
+
+    def _key_for(self, call: _Call, backend: Backend) -> bytes:
+        if backend.name == call.planned:
+            return call.key
+        assert self.cache is not None
+        return self.cache.key(call.body, call.endpoint, call.service, backend.name, backend.config.model)
+
+    def _keep(self, call: _Call, backend: Backend, answer: bytes, usage: Usage | None) -> None:
+        """Keep a whole answer under the key of the backend that gave it (failover or a budget's
+        downgrade may have sent the request elsewhere than planned)."""
+        assert self.cache is not None
+        self.cache.store(self._key_for(call, backend), Entry(answer, backend.name, time.time(), usage))
+
+    async def _serve_flight(self, flight: Flight, first: bool, service: str, form: _Form, send: Send) -> None:
+        """Answer one subscriber of a flight, in the form it asked for."""
+        cache = self.cache
+        assert cache is not None
+        head = await flight.head()  # the flight's error, if it failed before any answer
+        outcome = Outcome.HIT if head.hit else Outcome.MISS if first else Outcome.DEDUP
+        cache.count(outcome)
+        if head.streamed and form.stream:
+            await self._fan_out(flight, head, outcome, form, send)
+        else:
+            await flight.finished()
+            payload = flight.payload
+            if payload is None and head.status >= 400:  # an error told as a stream: relayed as it came
+                await _send_answer(
+                    send, head.status, [*head.headers, outcome.header], b"".join(flight.chunks)
+                )
+            elif payload is None:
+                raise flight.broken or BadGateway("the backend's stream could not be read as one answer")
+            elif form.stream and head.status == 200:
+                await self._send_replay(payload, head.backend, head.decision, form, [outcome.header], send)
+            else:
+                headers = head.headers if not head.streamed else self._json_headers(head)
+                await _send_answer(send, head.status, [*headers, outcome.header], payload)
+        if outcome is not Outcome.MISS and head.status < 400:
+            self._book_free(service, head.backend, head.decision, flight.usage)
+
+    async def _fan_out(self, flight: Flight, head: Head, outcome: Outcome, form: _Form, send: Send) -> None:
+        """A stream, chunk by chunk as the flight gets them; the usage chunk only if asked for."""
+        tap = UsageTap(not form.include_usage)
+        await send(
+            {"type": "http.response.start", "status": head.status, "headers": [*head.headers, outcome.header]}
+        )
+        async for chunk in flight.stream():
+            chunk = tap.feed(chunk)
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if flight.broken is not None:
+            await send({"type": "http.response.body", "body": flight.broken.sse_event(), "more_body": True})
+        await send({"type": "http.response.body", "body": tap.finish()})
+
+    async def _send_entry(
+        self, entry: Entry, decision: Decision, service: str, form: _Form, send: Send
+    ) -> None:
+        backend = self.backends[entry.backend]
+        added = [Outcome.HIT.header, (b"age", str(max(0, int(time.time() - entry.created))).encode())]
+        self._book_free(service, backend, decision, entry.usage)
+        if form.stream:
+            await self._send_replay(entry.body, backend, decision, form, added, send)
+        else:
+            headers = [*JSON_HEADERS, *self._added_headers(decision, backend), *added]
+            await _send_answer(send, 200, headers, entry.body)
+
+    async def _send_replay(
+        self,
+        answer: bytes,
+        backend: Backend,
+        decision: Decision,
+        form: _Form,
+        added: list[tuple[bytes, bytes]],
+        send: Send,
+    ) -> None:
+        """A JSON answer told as the stream a streaming client asked for."""
+        try:
+            events = replay(answer, form.include_usage)
+        except ReplayError:  # not a completion object: sent as it is, as a backend would
+            headers = [*JSON_HEADERS, *self._added_headers(decision, backend), *added]
+            await _send_answer(send, 200, headers, answer)
+            return
+        headers = [*SSE_HEADERS, *self._added_headers(decision, backend), *added]
+        await _send_answer(send, 200, headers, events)
+
+    def _json_headers(self, head: Head) -> list[tuple[bytes, bytes]]:
+        return [*JSON_HEADERS, *self._added_headers(head.decision, head.backend)]
+
+    def _book_free(self, service: str, backend: Backend, decision: Decision, usage: Usage | None) -> None:
+        category = decision.classification.category if decision.classification else None
+        self.ledger.record_free(service, backend.name, decision.tier, category, usage)
 
     def _book(
         self,
@@ -328,6 +589,47 @@ class Forwarder:
             await send({"type": "http.response.body", "body": tap.finish()})
         finally:
             response.close()  # an unfinished answer (the client left) costs its connection
+
+
+class _Form:
+    """The form a client asked for: a stream or not, and with the usage chunk or not."""
+
+    __slots__ = ("include_usage", "stream")
+
+    def __init__(self, stream: bool, include_usage: bool) -> None:
+        self.stream = stream
+        self.include_usage = include_usage
+
+
+class _Call:
+    """What a flight's upstream call needs: the request as it came, as routing saw it."""
+
+    __slots__ = ("body", "decision", "endpoint", "key", "mode", "planned", "request", "service")
+
+    def __init__(
+        self,
+        key: bytes,
+        planned: str,
+        mode: Mode,
+        endpoint: str,
+        body: bytes,
+        request: RequestText | None,
+        decision: Decision,
+        service: str,
+    ) -> None:
+        self.key = key
+        self.planned = planned  # the backend the key names
+        self.mode = mode
+        self.endpoint = endpoint
+        self.body = body
+        self.request = request
+        self.decision = decision
+        self.service = service
+
+
+async def _send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _routing_input(endpoint: str, body: bytes) -> tuple[str | None, RequestText | None]:

@@ -144,3 +144,39 @@ def test_malformed_request_raises_bad_request(sdk: openai.OpenAI) -> None:
         sdk.chat.completions.create(model=["auto"], messages=MESSAGES)  # type: ignore[arg-type]
     assert info.value.status_code == 400
     assert info.value.type == "invalid_request_error"
+
+
+def test_a_cached_answer_is_read_back_as_a_stream(sdk: openai.OpenAI, vllm: BackendHandle) -> None:
+    """The SDK's own stream parser and accumulator read a replayed answer as a real stream."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    for extra in ({}, {"tools": tools, "tool_choice": "required"}):
+        # Each worker keeps its own cache: ask until the worker answering has it (two workers).
+        asked = {
+            "model": "auto",
+            "messages": [{"role": "user", "content": f"replay {extra}"}],
+            "temperature": 0,
+        }
+        answers = [sdk.chat.completions.with_raw_response.create(**asked, **extra) for _ in range(4)]  # type: ignore[call-overload]
+        assert "HIT" in {raw.headers["x-tiermux-cache"] for raw in answers}
+        original = answers[0].parse()
+        for _ in range(6):
+            raw = sdk.chat.completions.with_raw_response.create(
+                **asked, **extra, stream=True, stream_options={"include_usage": True}
+            )  # type: ignore[call-overload]
+            if raw.headers["x-tiermux-cache"] == "HIT":
+                break
+        assert raw.headers["x-tiermux-cache"] == "HIT"
+        state = openai.lib.streaming.chat.ChatCompletionStreamState()
+        usage = None
+        for chunk in raw.parse():
+            state.handle_chunk(chunk)
+            usage = chunk.usage or usage
+        replayed = state.get_final_completion()
+        assert replayed.choices[0].message.content == original.choices[0].message.content
+        assert replayed.choices[0].finish_reason == original.choices[0].finish_reason
+        assert usage == original.usage
+        calls = replayed.choices[0].message.tool_calls or []
+        assert [(c.function.name, c.function.arguments) for c in calls] == [
+            (c.function.name, c.function.arguments)  # type: ignore[union-attr]
+            for c in original.choices[0].message.tool_calls or []
+        ]

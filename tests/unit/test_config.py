@@ -486,6 +486,9 @@ def test_cli_check_demo_config() -> None:
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     assert "budgets: none; state: this machine's shared memory" in result.stdout
+    assert (
+        "cache: on (300s, 64 MiB per worker, deterministic requests only, identical requests" in result.stdout
+    )
 
 
 def test_cli_check_names_budgets_and_state(tmp_path: Path) -> None:
@@ -638,6 +641,9 @@ def test_the_default_service_may_have_a_budget() -> None:
         ({"state": {"backend": "etcd"}}, "$.state.backend", ""),
         ({"state": {"backend": "redis", "url": "redis://h:1", "prefix": "a b"}}, "$.state.prefix", "spaces"),
         ({"state": {"backend": "redis", "url": "redis://h:1", "on_failure": "x"}}, "$.state.on_failure", ""),
+        ({"cache": {"shared": True}}, "$.cache.shared", "set state.backend: redis"),
+        ({"cache": {"ttl": 0}}, "$.cache.ttl", ""),
+        ({"cache": {"max_byte": 10}}, "$.cache", "max_byte"),
     ],
     ids=[
         "timezone",
@@ -648,6 +654,9 @@ def test_the_default_service_may_have_a_budget() -> None:
         "backend",
         "prefix",
         "failure",
+        "shared-cache-without-redis",
+        "cache-ttl",
+        "cache-typo",
     ],
 )
 def test_budget_and_state_errors_name_the_field(extra: dict[str, object], field: str, message: str) -> None:

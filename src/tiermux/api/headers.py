@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["JSON_HEADERS", "relayed_headers"]
+__all__ = ["JSON_HEADERS", "SSE_HEADERS", "relayed_headers"]
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the serving layer writes itself.
 _NOT_RELAYED = frozenset(
@@ -22,6 +22,10 @@ _NOT_RELAYED = frozenset(
 )
 
 JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+]
 
 
 def relayed_headers(
