@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SYSTEM_DEPS := nginx wrk redis-server
 PYTEST_FLAGS ?= -q
 
-.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-locust bench-micro bench-classifier model clean
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-locust bench-micro bench-classifier model clean
 
 all: install
 
@@ -45,7 +45,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 # Benchmarks live outside the test run. Results land in bench/results/.
-bench: bench-micro bench-classifier bench-throughput bench-budgets bench-locust
+bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-locust
 
 bench-throughput: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput
@@ -53,6 +53,10 @@ bench-throughput: $(INSTALLED) system-deps
 # What budgets (shared memory and Redis) and health tracking cost (bench/results/budgets.md).
 bench-budgets: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput --budgets
+
+# Response cache hits against a Granian app answering with no upstream (bench/results/cache.md).
+bench-cache: $(INSTALLED) system-deps
+	$(PY) -m bench.throughput --cache
 
 bench-locust: $(INSTALLED)
 	$(PY) -m bench.locust_run

@@ -24,6 +24,8 @@ Other modes:
 * ``--stream``: time to first token of sequential streaming requests, directly and through
   tiermux, interleaved request by request;
 * ``--budgets``: what enforcing budgets and tracking health cost (``bench/budgets.py``);
+* ``--cache``: response cache hits against a Granian app answering with no upstream, the most
+  Python can serve here (``bench/cache.py``);
 * ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
   each segment, to see whether memory stays flat.
 
@@ -288,6 +290,7 @@ def tiermux_config(
     capable_tier: bool = False,
     classifier: bool = True,
     price: tuple[float, float] | None = None,
+    cache: bool = False,
     extra: str = "",
 ) -> str:
     """A config for the backend at ``backend_url`` (an origin), by default in one tier, ``cheap``.
@@ -299,6 +302,9 @@ def tiermux_config(
     to ``cheap`` unclassified (pass-through). ``pinned`` adds ``(name, origin, model)`` backends in
     no tier: reachable by their model name. ``price`` (input, output USD per 1M tokens) is given
     to every backend; ``extra`` is YAML appended as it is (top-level sections).
+
+    The response cache is off unless ``cache`` (then ``extra`` may hold its section): wrk sends
+    one fixed deterministic body, which would otherwise measure cache hits instead of proxying.
     """
     capable = [("mock-capable", backend_url, model)] if capable_tier else []
     backends = [("mock", backend_url, model), *capable, *pinned]
@@ -320,8 +326,10 @@ def tiermux_config(
             "  capable: [mock-capable]",
         ]
     enabled = "true" if classifier else "false"
-    lines += ["routing:", "  default_tier: cheap", "  classifier:", f"    enabled: {enabled}", ""]
-    return "\n".join(lines) + extra
+    lines += ["routing:", "  default_tier: cheap", "  classifier:", f"    enabled: {enabled}"]
+    if not cache:
+        lines += ["cache:", "  enabled: false"]
+    return "\n".join([*lines, ""]) + extra
 
 
 def start_tiermux(
@@ -335,11 +343,13 @@ def start_tiermux(
     capable_tier: bool = False,
     classifier: bool = True,
     price: tuple[float, float] | None = None,
+    cache: bool = False,
     extra: str = "",
 ) -> Service:
     """``python -m tiermux serve`` in front of ``backend_url``; returns once every worker is up.
 
-    ``name`` names the config and the log, so that several instances can run side by side.
+    ``name`` names the config and the log, so that several instances can run side by side. The
+    config is :func:`tiermux_config`'s: the response cache is off unless ``cache``.
     """
     config = procs.workdir / f"{name}.yaml"
     config.write_text(
@@ -350,6 +360,7 @@ def start_tiermux(
             capable_tier=capable_tier,
             classifier=classifier,
             price=price,
+            cache=cache,
             extra=extra,
         )
     )
@@ -1713,6 +1724,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="req/s and CPU per request of tiermux enforcing a daily budget (shared memory, and Redis "
         "when redis-server is installed) against the same without one; and the cost of health tracking",
     )
+    cache = parser.add_argument_group("response cache (--cache)")
+    cache.add_argument(
+        "--cache",
+        action="store_true",
+        help="req/s, latency and CPU per request of tiermux answering from its response cache against "
+        "a Granian app answering with no upstream (the ceiling), with the cache off and nginx for context",
+    )
     soak = parser.add_argument_group("soak (--soak N)")
     soak.add_argument("--soak", type=int, metavar="N", help="drive N requests through tiermux, sampling RSS")
     soak.add_argument("--segment", type=float, default=10.0, help="seconds per soak segment (default 10)")
@@ -1729,8 +1747,8 @@ def _grouping_line(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum(bool(mode) for mode in (args.routing, args.stream, args.soak, args.budgets)) > 1:
-        parser.error("--routing, --budgets, --stream and --soak are separate modes: pick one")
+    if sum(bool(mode) for mode in (args.routing, args.stream, args.soak, args.budgets, args.cache)) > 1:
+        parser.error("--routing, --budgets, --cache, --stream and --soak are separate modes: pick one")
     if args.one_session:
         global ONE_SESSION
         ONE_SESSION = True
@@ -1749,6 +1767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.budgets import run_budgets
 
             return run_budgets(args)
+        if args.cache:
+            from bench.cache import run_cache
+
+            return run_cache(args)
         return run_throughput(args)
     except BenchError as exc:
         print(f"bench.throughput: {exc}", file=sys.stderr)
@@ -1759,4 +1781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this __main__ copy of it: the modes in other files
+    # (bench/budgets.py, bench/cache.py) import bench.throughput, and two copies would hold two
+    # BenchError classes (theirs escaping main's handler) and two ONE_SESSION flags.
+    from bench.throughput import main as _main
+
+    sys.exit(_main())
