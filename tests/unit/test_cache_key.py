@@ -6,10 +6,13 @@ import json
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tiermux.cache.key import CacheKeyError, cache_key, deterministic, sampling_of
+from tiermux._speedups import canonical
+from tiermux.cache import key as key_module
+from tiermux.cache.key import KEY_FIELDS, CacheKeyError, cache_key, deterministic, sampling_of
 
 BASE: dict[str, Any] = {
     "model": "auto",
@@ -67,6 +70,26 @@ def test_service_backend_model_and_endpoint_change_the_key() -> None:
     assert cache_key(body, "/chat/completions", "s", "b", "m") != cache_key(
         body, "/completions", "s", "b", "m"
     )
+
+
+def test_a_key_is_the_digest_of_the_route_then_the_canonical_form() -> None:
+    # Keys outlive a process (shared caches, rolling restarts): how they are made must not drift.
+    body = json.dumps(BASE).encode()
+    expected = xxhash.xxh3_128_digest(
+        b"default\0local\0m\0/chat/completions\0" + canonical.canonical(body, KEY_FIELDS)
+    )
+    assert key(body) == expected
+
+
+def test_remembered_and_forgotten_routes_give_the_same_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps(BASE).encode()
+    first = [cache_key(body, "/chat/completions", f"s{i}", "b", "m") for i in range(5)]
+    monkeypatch.setattr(key_module, "_routes", {})
+    monkeypatch.setattr(key_module, "_MAX_ROUTES", 2)
+    again = [cache_key(body, "/chat/completions", f"s{i}", "b", "m") for i in range(5)]
+    assert again == first
+    assert len(set(first)) == 5
+    assert len(key_module._routes) <= 2
 
 
 def test_key_order_whitespace_and_number_spelling_do_not() -> None:
