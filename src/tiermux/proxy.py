@@ -40,9 +40,8 @@ from tiermux.api.errors import (
 from tiermux.api.headers import JSON_HEADERS, SSE_HEADERS, relayed_headers
 from tiermux.api.wire import decode_routing_fields
 from tiermux.cache.flight import Flight, Head
-from tiermux.cache.key import CacheKeyError
 from tiermux.cache.replay import ReplayError, assemble, replay
-from tiermux.cache.responses import Mode, Outcome, ResponseCache, complete
+from tiermux.cache.responses import Asked, Mode, Outcome, ResponseCache, complete
 from tiermux.cache.store import Entry
 from tiermux.config import DEFAULT_SERVICE
 from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
@@ -67,6 +66,8 @@ SERVICE_HEADER = b"x-tiermux-service"
 class ClientDisconnected(Exception):
     """The client left before its request was read; there is nobody to answer."""
 
+
+_OVERRIDE_HEADERS = frozenset({b"x-tiermux-tier", b"x-tiermux-category"})
 
 # Answers that say "this backend can't serve now" rather than "this request is wrong".
 _FAILOVER_STATUSES = frozenset({500, 502, 503, 504, 529})
@@ -164,18 +165,39 @@ class Forwarder:
         self.health.start()
         body = await self.receive_body(receive)
         service = self._service(scope)
-        decision, request = self._route(endpoint, body, scope)
         cache = self.cache
-        cache_header = None
-        if cache is not None:
-            mode = cache.mode(endpoint, body, scope["headers"])
-            if request is None and endpoint != "/embeddings":
-                mode = Mode.BYPASS  # a body routing could not read is not one to replay either
-            if mode is not Mode.BYPASS:
-                await self._cached(mode, endpoint, body, request, decision, service, receive, send)
-                return
+        if cache is None:
+            await self._route_and_answer(endpoint, body, service, scope, receive, send)
+            return
+        mode = cache.mode(endpoint, body, scope["headers"])
+        asked = None if mode is Mode.BYPASS else cache.asked(body, endpoint, service, self._overrides(scope))
+        if asked is None:  # not to be cached, or not a body the cache can read (routing will say why)
             cache.count(Outcome.BYPASS)
-            cache_header = Outcome.BYPASS.header
+            await self._route_and_answer(endpoint, body, service, scope, receive, send, Outcome.BYPASS.header)
+            return
+        if mode is Mode.USE and await self._known_hit(asked, endpoint, body, service, send):
+            return
+        decision, request = self._route(endpoint, body, scope)
+        if request is None and endpoint != "/embeddings":  # a body routing could not read
+            cache.count(Outcome.BYPASS)
+            await self._answer(
+                endpoint, body, None, decision, service, None, receive, send, Outcome.BYPASS.header
+            )
+            return
+        cache.remember(asked, decision)
+        await self._cached(mode, asked, endpoint, body, request, decision, service, receive, send)
+
+    async def _route_and_answer(
+        self,
+        endpoint: str,
+        body: bytes,
+        service: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        cache_header: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        decision, request = self._route(endpoint, body, scope)
         if service not in self.budgets.rules:
             await self._answer(endpoint, body, request, decision, service, None, receive, send, cache_header)
             return
@@ -231,9 +253,27 @@ class Forwarder:
 
     # --- answers paid for once ---------------------------------------------------------------
 
+    async def _known_hit(self, asked: Asked, endpoint: str, body: bytes, service: str, send: Send) -> bool:
+        """Answer a request seen before from the cache, without routing it again: an identical
+        request is routed identically, so its decision was remembered the first time. Whether
+        it was answered."""
+        cache = self.cache
+        assert cache is not None
+        decision = cache.routes.get(asked.key)
+        if decision is None:
+            return False
+        planned = self.backends[self.health.plan(decision.backends)[0]]
+        entry = cache.get(cache.answer_key(asked, planned.name, planned.config.model))
+        if entry is None:
+            return False
+        cache.count(Outcome.HIT)
+        await self._send_entry(entry, decision, service, _form_of(body, _streams(body)), send)
+        return True
+
     async def _cached(
         self,
         mode: Mode,
+        asked: Asked,
         endpoint: str,
         body: bytes,
         request: RequestText | None,
@@ -247,12 +287,8 @@ class Forwarder:
         cache = self.cache
         assert cache is not None
         planned = self.backends[self.health.plan(decision.backends)[0]]
-        try:
-            key = cache.key(body, endpoint, service, planned.name, planned.config.model)
-        except CacheKeyError as exc:
-            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        stream = request is not None and request.stream
-        form = _Form(stream, stream and wants_usage(body))
+        key = cache.answer_key(asked, planned.name, planned.config.model)
+        form = _form_of(body, request is not None and request.stream)
         flight = None
         if mode is Mode.USE:
             entry = cache.get(key)
@@ -267,7 +303,7 @@ class Forwarder:
             flight = Flight()
             if mode is Mode.USE and cache.dedup:
                 cache.flights[key] = flight
-            call = _Call(key, planned.name, mode, endpoint, body, request, decision, service)
+            call = _Call(key, asked, planned.name, mode, endpoint, body, request, decision, service)
             flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
         flight.join()
         try:
@@ -380,7 +416,7 @@ class Forwarder:
         if backend.name == call.planned:
             return call.key
         assert self.cache is not None
-        return self.cache.key(call.body, call.endpoint, call.service, backend.name, backend.config.model)
+        return self.cache.answer_key(call.asked, backend.name, backend.config.model)
 
     def _keep(self, call: _Call, backend: Backend, answer: bytes, usage: Usage | None) -> None:
         """Keep a whole answer under the key of the backend that gave it (failover or a budget's
@@ -480,6 +516,12 @@ class Forwarder:
         cost = self.ledger.record(service, backend.name, decision.tier, category, usage)
         if reservation is not None:
             reservation.settle(cost)
+
+    def _overrides(self, scope: Scope) -> bytes:
+        """The routing headers a request carries, when routing honours them (part of what it asked)."""
+        if not self.router.allow_overrides:
+            return b""
+        return b"\0".join(value for name, value in scope["headers"] if name in _OVERRIDE_HEADERS)
 
     def _service(self, scope: Scope) -> str:
         """Whom the request is booked to: its key's service; else the service named by the
@@ -604,11 +646,12 @@ class _Form:
 class _Call:
     """What a flight's upstream call needs: the request as it came, as routing saw it."""
 
-    __slots__ = ("body", "decision", "endpoint", "key", "mode", "planned", "request", "service")
+    __slots__ = ("asked", "body", "decision", "endpoint", "key", "mode", "planned", "request", "service")
 
     def __init__(
         self,
         key: bytes,
+        asked: Asked,
         planned: str,
         mode: Mode,
         endpoint: str,
@@ -618,6 +661,7 @@ class _Call:
         service: str,
     ) -> None:
         self.key = key
+        self.asked = asked
         self.planned = planned  # the backend the key names
         self.mode = mode
         self.endpoint = endpoint
@@ -625,6 +669,18 @@ class _Call:
         self.request = request
         self.decision = decision
         self.service = service
+
+
+def _streams(body: bytes) -> bool:
+    try:
+        start, end = jsonscan.value_span(body, b"stream")
+    except jsonscan.ScanError:
+        return False
+    return body[start:end] == b"true"
+
+
+def _form_of(body: bytes, stream: bool) -> _Form:
+    return _Form(stream, stream and wants_usage(body))
 
 
 async def _send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

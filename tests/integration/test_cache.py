@@ -348,3 +348,27 @@ def test_a_downgraded_request_finds_the_cheaper_tiers_answer(
     assert second.json() == first.json()
     assert (calls(vllm), calls(cloud)) == (1, 0)
     assert client.get("/stats").json()["budgets"]["default"]["reserved_usd"] == 0
+
+
+def test_a_hit_is_only_the_answer_of_the_backend_routing_would_choose_now(
+    cached: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = cached()
+    assert outcome(client.chat(GREEDY)) == "MISS"
+    assert outcome(client.chat(GREEDY)) == "HIT"
+    client.app.health.mark_down("local-9b", "maintenance")  # the cheap tier now plans the frontier
+    moved = client.chat(GREEDY)
+    assert (outcome(moved), moved.headers["x-tiermux-backend"]) == ("MISS", "frontier")
+    assert outcome(client.chat(GREEDY)) == "HIT"
+    assert (calls(vllm), calls(cloud)) == (1, 1)
+
+
+def test_routing_headers_are_part_of_what_was_asked(cached: Callable[..., ProxyClient]) -> None:
+    routing = {"aliases": {"fast": "cheap"}, "allow_header_override": True, "classifier": {"enabled": False}}
+    client = cached(routing=routing)
+    assert outcome(client.chat(GREEDY)) == "MISS"
+    capable = {"x-tiermux-tier": "capable"}
+    lifted = client.post("/v1/chat/completions", json=GREEDY, headers=capable)
+    assert (outcome(lifted), lifted.headers["x-tiermux-backend"]) == ("MISS", "frontier")
+    assert outcome(client.post("/v1/chat/completions", json=GREEDY, headers=capable)) == "HIT"
+    assert outcome(client.chat(GREEDY)) == "HIT"

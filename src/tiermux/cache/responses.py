@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from tiermux._speedups import atomics
+from tiermux._speedups import atomics, jsonscan
 from tiermux.cache.flight import Flight
-from tiermux.cache.key import cache_key, deterministic, sampling_of
+from tiermux.cache.key import CacheKeyError, answer_key, asked_key, canonical_form, deterministic, sampling_of
 from tiermux.cache.shared import SharedCache
 from tiermux.cache.store import Entry, LocalCache
 from tiermux.config import CacheConfig
 from tiermux.state import CACHE_FIELDS
 
-__all__ = ["Mode", "Outcome", "ResponseCache", "complete"]
+if TYPE_CHECKING:
+    from tiermux.routing.router import Decision
+
+__all__ = ["Asked", "Mode", "Outcome", "ResponseCache", "complete"]
 
 
 class Mode(enum.Enum):
@@ -58,6 +62,23 @@ SHARED_HITS, STORED, EVICTED, NOT_STORED = range(4, CACHE_FIELDS)
 
 _NO_STORE = b"no-store"
 _NO_CACHE = b"no-cache"
+
+
+# Routing decisions remembered for requests seen before (see ``ResponseCache.asked``).
+MAX_ROUTES = 65_536
+
+
+class Asked:
+    """A request as asked: the canonical form of what changes its answer, and the key naming it
+    before routing (service, endpoint, the model as sent, routing headers, that form)."""
+
+    __slots__ = ("endpoint", "form", "key", "service")
+
+    def __init__(self, form: bytes, key: bytes, endpoint: str, service: str) -> None:
+        self.form = form
+        self.key = key
+        self.endpoint = endpoint
+        self.service = service
 
 
 class _Choice(msgspec.Struct):
@@ -94,6 +115,10 @@ class ResponseCache:
         self.local = LocalCache(config.max_bytes, config.max_entry_bytes, config.ttl)
         self.shared = shared
         self.flights: dict[bytes, Flight] = {}
+        # An identical request is routed identically (the classifier reads only what the key
+        # holds, and the model and routing headers are in it): its decision, once made, lets a
+        # hit skip classification.
+        self.routes: dict[bytes, Decision] = {}
         self._cells = cells
 
     def __repr__(self) -> str:
@@ -119,7 +144,27 @@ class ResponseCache:
                 return Mode.BYPASS
         return Mode.REFRESH if refresh else Mode.USE
 
-    key = staticmethod(cache_key)
+    def asked(self, body: bytes, endpoint: str, service: str, overrides: bytes) -> Asked | None:
+        """The request as asked, or None when the body is not one the cache can read."""
+        try:
+            form = canonical_form(body)
+            start, end = jsonscan.value_span(body, b"model")
+        except (CacheKeyError, jsonscan.ScanError):
+            return None
+        if start < 0:
+            return None
+        return Asked(form, asked_key(form, endpoint, service, body[start:end], overrides), endpoint, service)
+
+    def answer_key(self, asked: Asked, backend: str, model: str) -> bytes:
+        """The key of the answer to ``asked`` from ``backend``/``model``."""
+        return answer_key(asked.form, asked.endpoint, asked.service, backend, model)
+
+    def remember(self, asked: Asked, decision: Decision) -> None:
+        routes = self.routes
+        if asked.key not in routes:
+            if len(routes) >= MAX_ROUTES:
+                del routes[next(iter(routes))]  # the oldest: a bound, not a recency order
+            routes[asked.key] = decision
 
     def get(self, key: bytes) -> Entry | None:
         """This worker's entry for ``key``, if fresh."""
