@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 
 from tiermux._speedups import atomics
+from tiermux.state.processes import alive
 
 __all__ = ["BUDGET_FIELDS", "LocalBudgetStore", "budget_cells"]
 
@@ -46,16 +47,6 @@ _RECLAIMING = -1  # a worker slot whose dead owner's reservations are being rele
 def budget_cells(services: int) -> int:
     """Cells of the budgets block: day slots per service, the worker registry, what each holds."""
     return services * BUDGET_FIELDS + MAX_WORKERS + MAX_WORKERS * services * SLOTS
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process now has the pid: not ours to judge, so alive
-    return True
 
 
 class LocalBudgetStore:
@@ -98,7 +89,7 @@ class LocalBudgetStore:
         found = 0
         for w in range(MAX_WORKERS):
             pid = cells.load(self._registry + w)
-            if pid <= 0 or pid == self.pid or _alive(pid):
+            if pid <= 0 or pid == self.pid or alive(pid):
                 continue
             if not cells.compare_exchange(self._registry + w, pid, _RECLAIMING):
                 continue  # another worker is on it
