@@ -115,6 +115,25 @@ def proxy_factory() -> Iterator[Callable[[Config], ProxyClient]]:
 
 
 @pytest.fixture
+def proxy_with(
+    vllm: BackendHandle,
+    cloud: BackendHandle,
+    cloud_key_file: Path,
+    config_file: Callable[[dict[str, Any]], Path],
+    proxy_factory: Callable[[Config], ProxyClient],
+) -> Callable[..., ProxyClient]:
+    """An in-process proxy on the two-mock config with top-level sections replaced or added
+    (``cache={...}``, ``services={...}``, ...)."""
+
+    def make(**sections: Any) -> ProxyClient:
+        tree = standard_tree(vllm.url, cloud.url, cloud_key_file)
+        tree.update(sections)
+        return proxy_factory(load_config(config_file(tree)))
+
+    return make
+
+
+@pytest.fixture
 def proxy(
     standard_config: Callable[..., Config], proxy_factory: Callable[[Config], ProxyClient]
 ) -> ProxyClient:

@@ -30,6 +30,11 @@ from tiermux.routing.router import Router
 from tiermux.state import budget_store, open_segment
 from tiermux.state.redis_health import RedisHealthMirror
 from tiermux.state.redis_link import RedisLink
+from tiermux.telemetry.access_log import AccessLog
+from tiermux.telemetry.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tiermux.telemetry.exposition import render
+from tiermux.telemetry.metrics import Metrics
+from tiermux.telemetry.record import RECORD_SCOPE_KEY, RequestRecord
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.health import Health
 
@@ -37,8 +42,11 @@ __all__ = ["CONFIG_ENV", "TiermuxApp", "create_app"]
 
 CONFIG_ENV = "TIERMUX_CONFIG"
 HOST_ENV = "TIERMUX_HOST"  # the address ``serve`` listens on (the command line may override config)
-ADMIN_PATHS = frozenset({"/stats", "/v1/backends"})
+ADMIN_PATHS = frozenset({"/stats", "/metrics", "/v1/backends"})
+# The proxied endpoints: what the metrics and the access log account for.
+PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 READY_CACHE_SECONDS = 2.0
+CLIENT_CLOSED = 499  # the status logged for a client that left before its answer (as nginx does)
 
 logger = logging.getLogger("tiermux")
 
@@ -73,6 +81,11 @@ class TiermuxApp:
             else None
         )
         self.cache = ResponseCache(config.cache, self.segment.cells("cache"), shared)
+        self.metrics = Metrics(config, self.segment.cells("metrics")) if config.metrics.enabled else None
+        if self.metrics is not None:
+            cells = {name: self.metrics.in_flight_cell(name) for name in self.backends}
+            self.health.publish_in_flight(self.metrics.cells, cells)
+        self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
         self.forwarder = Forwarder(
             self.router,
             self.backends,
@@ -81,6 +94,7 @@ class TiermuxApp:
             self.ledger,
             self.budgets,
             self.cache,
+            self.metrics,
         )
         # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set, and
         # the admin endpoints an admin key (or, without admin keys, a loopback listener).
@@ -98,6 +112,7 @@ class TiermuxApp:
             "/v1/models": {"GET": self._models},
             "/v1/backends": {"GET": self._backends},
             "/stats": {"GET": self._stats},
+            "/metrics": {"GET": self._metrics},
             "/health": {"GET": self._health},
             "/ready": {"GET": self._ready},
         }
@@ -131,6 +146,36 @@ class TiermuxApp:
                 [(b"allow", allowed.encode())],
             )
             return
+        if path in PROXIED_PATHS and (self.metrics is not None or self.access_log is not None):
+            await self._observed(path, handler, scope, receive, send)
+        else:
+            await self._dispatch(path, handler, scope, receive, send)
+
+    async def _observed(
+        self, path: str, handler: Handler, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A proxied request, timed, with what it turned out to be counted and logged once its
+        answer is out (or it failed, or the client left)."""
+        record = RequestRecord(time.perf_counter())
+        scope[RECORD_SCOPE_KEY] = record
+        try:
+            # The proxy notes the status it answers with; errors are answered here.
+            error = await self._dispatch(path, handler, scope, receive, send)
+            if error is not None:
+                record.status = error
+        finally:
+            seconds = time.perf_counter() - record.started
+            if not record.status:
+                record.status = CLIENT_CLOSED  # nothing was sent: the client left first
+            if self.metrics is not None:
+                self.metrics.request(record.category, record.tier, record.backend, record.status, seconds)
+            if self.access_log is not None:
+                self.access_log.write(record, path, seconds)
+
+    async def _dispatch(
+        self, path: str, handler: Handler, scope: Scope, receive: Receive, send: Send
+    ) -> int | None:
+        """Run the handler; the status of the error answered in its place, if one was."""
         try:
             if path in ADMIN_PATHS:
                 self._check_admin(scope)
@@ -138,15 +183,19 @@ class TiermuxApp:
                 scope[SERVICE_SCOPE_KEY] = self.authenticator.check(scope["headers"])
             await handler(scope, receive, send)
         except ClientDisconnected:
-            return
+            return None
         except ProxyError as exc:
             # Handlers raise ProxyError only before their response starts; once a stream has
             # begun, they report failures in-band themselves.
             await _send_error(send, exc)
+            return exc.status
         except Exception:
-            logger.exception("unhandled error serving %s %s", method, path)
+            logger.exception("unhandled error serving %s %s", scope["method"], path)
+            error = ProxyError("internal error in tiermux")
             with contextlib.suppress(Exception):  # the response may already have started
-                await _send_error(send, ProxyError("internal error in tiermux"))
+                await _send_error(send, error)
+            return error.status
+        return None
 
     def _check_admin(self, scope: Scope) -> None:
         """Admin endpoints: an admin key when there are admin keys; else only on a loopback
@@ -188,6 +237,13 @@ class TiermuxApp:
         stats["cache"] = self.cache.snapshot()
         await _send_json(send, 200, msgspec.json.encode(stats))
 
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Prometheus metrics, summed over every worker of this serve."""
+        if self.metrics is None:
+            raise NotFound("metrics are disabled (metrics.enabled: false)")
+        body = await render(self.metrics, self.ledger, self.health, self.cache, self.budgets)
+        await _send_json(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
+
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, b'{"status":"ok"}')
 
@@ -220,6 +276,10 @@ class TiermuxApp:
     async def aclose(self) -> None:
         await self.health.close()
         await self.cache.aclose()
+        if self.metrics is not None:
+            self.metrics.release_slot()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.redis is not None:
             await self.budgets.drain()
             await self.redis.aclose()

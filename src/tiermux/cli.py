@@ -54,6 +54,9 @@ def _check(args: argparse.Namespace) -> int:
     where = "this machine's shared memory" if state.backend == "local" else f"redis, prefix {state.prefix!r}"
     print(f"budgets: {', '.join(budgets) or 'none'}; state: {where}")
     print(f"cache: {_describe_cache(config)}")
+    log = config.access_log
+    where = (log.path or "stdout") if log.enabled else "off"
+    print(f"metrics: {'on' if config.metrics.enabled else 'off'}; access log: {where}")
     return 0
 
 

@@ -246,12 +246,26 @@ class CacheConfig(_Strict, frozen=True):
     """Answers larger than this stay in the worker's own cache."""
 
 
+class MetricsConfig(_Strict, frozen=True):
+    """``GET /metrics`` (Prometheus text), an admin endpoint like ``/stats``."""
+
+    enabled: bool = True
+
+
+class AccessLogConfig(_Strict, frozen=True):
+    """One JSON line per proxied request (no prompt, answer or key in it)."""
+
+    enabled: bool = False
+    path: str | None = None
+    """Append to this file; standard output when unset."""
+
+
 class AuthConfig(_Strict, frozen=True):
     """Who may use tiermux: clients send one of ``keys`` as ``Authorization: Bearer`` (or ``x-api-key``)."""
 
     keys: list[str] = []
     admin_keys: list[str] = []
-    """Keys (``${VAR}`` only) for the admin endpoints (``/stats``, ``/v1/backends``); without
+    """Keys (``${VAR}`` only) for the admin endpoints (``/stats``, ``/metrics``, ``/v1/backends``); without
     them, those are served on a loopback address only."""
 
 
@@ -268,6 +282,8 @@ class Config(_Strict, frozen=True):
     budgets: BudgetsConfig = BudgetsConfig()
     state: StateConfig = StateConfig()
     cache: CacheConfig = CacheConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
 
     @property
     def client_keys(self) -> dict[str, str | None]:
@@ -301,7 +317,9 @@ _SECRET_PATH = re.compile(
 
 
 # Files named in the config are found relative to the config file, wherever tiermux was started.
-_FILE_PATH = re.compile(r"\$\.backends\[\d+\]\.(api_key_file|ca_file)|\$\.routing\.classifier\.weights")
+_FILE_PATH = re.compile(
+    r"\$\.backends\[\d+\]\.(api_key_file|ca_file)|\$\.routing\.classifier\.weights|\$\.access_log\.path"
+)
 
 
 def _expand(node: Any, path: str, env: Mapping[str, str], source: str) -> Any:
@@ -406,7 +424,7 @@ def _check_references(config: Config, source: str) -> None:
                     source, f"{where}.keys[{i}]", "this key is already given to another service"
                 )
             seen_keys.add(key)
-    _check_budgets_and_state(config, source)
+    _check_budgets_state_cache_and_log(config, source)
     routing = config.routing
     if routing.default_tier is not None and routing.default_tier not in config.tiers:
         raise ConfigError(source, "$.routing.default_tier", f"unknown tier {routing.default_tier!r}")
@@ -420,7 +438,7 @@ def _check_references(config: Config, source: str) -> None:
     _check_routing_policy(config, source)
 
 
-def _check_budgets_and_state(config: Config, source: str) -> None:
+def _check_budgets_state_cache_and_log(config: Config, source: str) -> None:
     import zoneinfo
 
     try:
@@ -446,6 +464,9 @@ def _check_budgets_and_state(config: Config, source: str) -> None:
         raise ConfigError(source, "$.state.url", "a url is only used with backend: redis")
     if not state.prefix or any(c in state.prefix for c in " {}\r\n"):
         raise ConfigError(source, "$.state.prefix", "expected a non-empty name without spaces or braces")
+    log = config.access_log.path
+    if config.access_log.enabled and log is not None and not Path(log).parent.is_dir():
+        raise ConfigError(source, "$.access_log.path", f"the directory of {log!r} does not exist")
     if config.cache.shared and state.backend != "redis":
         raise ConfigError(
             source, "$.cache.shared", "the shared cache lives in the Redis of state: set state.backend: redis"

@@ -46,6 +46,8 @@ from tiermux.cache.store import Entry
 from tiermux.config import DEFAULT_SERVICE
 from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
 from tiermux.routing.router import Decision, Router
+from tiermux.telemetry.metrics import NONE, PINNED, Metrics
+from tiermux.telemetry.record import RECORD_SCOPE_KEY, RequestRecord
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
 from tiermux.upstream.health import Health
@@ -53,8 +55,9 @@ from tiermux.upstream.health import Health
 __all__ = ["SERVICE_SCOPE_KEY", "ClientDisconnected", "Forwarder"]
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("tiermux.proxy")
 
@@ -92,8 +95,11 @@ class Forwarder:
         ledger: Ledger,
         budgets: Budgets,
         cache: ResponseCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
+        self.metrics = metrics
+        self._tiers = frozenset(router.config.tiers)
         self.cache = cache if cache is not None and cache.enabled else None
         self.backends = backends
         self.health = health
@@ -104,6 +110,14 @@ class Forwarder:
         # Every combination is built once; all parts come from config and fixed sets.
         self._route_headers: dict[tuple[str, str, str, int, str | None], list[tuple[bytes, bytes]]] = {}
         self.disconnects = DisconnectWatcher()
+
+    def _note(self, record: RequestRecord, decision: Decision, decided: bool = False) -> None:
+        """Where routing sent a request (``decided``: routing decided it just now, and counts)."""
+        classification = decision.classification
+        record.category = classification.category if classification is not None else NONE
+        record.tier = decision.tier if decision.tier in self._tiers else PINNED
+        if decided and self.metrics is not None:
+            self.metrics.decision(record.category, record.tier)
 
     def _added_headers(self, decision: Decision, backend: Backend) -> list[tuple[bytes, bytes]]:
         classification = decision.classification
@@ -164,47 +178,53 @@ class Forwarder:
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.health.start()
         body = await self.receive_body(receive)
-        service = self._service(scope)
+        record: RequestRecord = scope.get(RECORD_SCOPE_KEY) or RequestRecord(0.0)
+        record.service = service = self._service(scope)
         cache = self.cache
         if cache is None:
-            await self._route_and_answer(endpoint, body, service, scope, receive, send)
+            await self._route_and_answer(endpoint, body, record, scope, receive, send)
             return
         mode = cache.mode(endpoint, body, scope["headers"])
         asked = None if mode is Mode.BYPASS else cache.asked(body, endpoint, service, self._overrides(scope))
         if asked is None:  # not to be cached, or not a body the cache can read (routing will say why)
             cache.count(Outcome.BYPASS)
-            await self._route_and_answer(endpoint, body, service, scope, receive, send, Outcome.BYPASS.header)
+            await self._route_and_answer(endpoint, body, record, scope, receive, send, Outcome.BYPASS.header)
             return
-        if mode is Mode.USE and await self._known_hit(asked, endpoint, body, service, send):
+        if mode is Mode.USE and await self._known_hit(asked, endpoint, body, record, send):
             return
         decision, request = self._route(endpoint, body, scope)
+        self._note(record, decision, decided=True)
         if request is None and endpoint != "/embeddings":  # a body routing could not read
             cache.count(Outcome.BYPASS)
             await self._answer(
-                endpoint, body, None, decision, service, None, receive, send, Outcome.BYPASS.header
+                endpoint, body, None, decision, record, None, receive, send, Outcome.BYPASS.header
             )
             return
         cache.remember(asked, decision)
-        await self._cached(mode, asked, endpoint, body, request, decision, service, receive, send)
+        await self._cached(mode, asked, endpoint, body, request, decision, record, receive, send)
 
     async def _route_and_answer(
         self,
         endpoint: str,
         body: bytes,
-        service: str,
+        record: RequestRecord,
         scope: Scope,
         receive: Receive,
         send: Send,
         cache_header: tuple[bytes, bytes] | None = None,
     ) -> None:
         decision, request = self._route(endpoint, body, scope)
-        if service not in self.budgets.rules:
-            await self._answer(endpoint, body, request, decision, service, None, receive, send, cache_header)
+        self._note(record, decision, decided=True)
+        if record.service not in self.budgets.rules:
+            await self._answer(endpoint, body, request, decision, record, None, receive, send, cache_header)
             return
-        decision, reservation = await self.budgets.admit(service, decision, endpoint, len(body), request)
+        decision, reservation = await self.budgets.admit(
+            record.service, decision, endpoint, len(body), request
+        )
+        self._note(record, decision)
         try:
             await self._answer(
-                endpoint, body, request, decision, service, reservation, receive, send, cache_header
+                endpoint, body, request, decision, record, reservation, receive, send, cache_header
             )
         finally:
             if reservation is not None:
@@ -216,7 +236,7 @@ class Forwarder:
         body: bytes,
         request: RequestText | None,
         decision: Decision,
-        service: str,
+        record: RequestRecord,
         reservation: Reservation | None,
         receive: Receive,
         send: Send,
@@ -234,26 +254,31 @@ class Forwarder:
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
         with self.disconnects.watch(receive):
             backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
+            record.backend = backend.name
+            record.status = response.status
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
             if cache_header is not None:
                 headers.append(cache_header)
+                record.cache = cache_header[1].decode()
             if payload is not None:
                 if response.status < 400:
-                    self._book(service, backend, decision, usage_of(payload), reservation)
+                    self._book(record, backend, decision, usage_of(payload), reservation)
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
                 return
             tap = UsageTap(strip_usage)
             try:
-                await self._relay_stream(response, headers, send, backend.name, tap)
+                await self._relay_stream(response, headers, send, backend.name, tap, record)
             finally:
                 self.health.finished(backend.name)
                 if response.status < 400:
-                    self._book(service, backend, decision, tap.usage, reservation)
+                    self._book(record, backend, decision, tap.usage, reservation)
 
     # --- answers paid for once ---------------------------------------------------------------
 
-    async def _known_hit(self, asked: Asked, endpoint: str, body: bytes, service: str, send: Send) -> bool:
+    async def _known_hit(
+        self, asked: Asked, endpoint: str, body: bytes, record: RequestRecord, send: Send
+    ) -> bool:
         """Answer a request seen before from the cache, without routing it again: an identical
         request is routed identically, so its decision was remembered the first time. Whether
         it was answered."""
@@ -267,7 +292,8 @@ class Forwarder:
         if entry is None:
             return False
         cache.count(Outcome.HIT)
-        await self._send_entry(entry, decision, service, _form_of(body, _streams(body)), send)
+        self._note(record, decision, decided=True)
+        await self._send_entry(entry, decision, record, _form_of(body, _streams(body)), send)
         return True
 
     async def _cached(
@@ -278,7 +304,7 @@ class Forwarder:
         body: bytes,
         request: RequestText | None,
         decision: Decision,
-        service: str,
+        record: RequestRecord,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -294,7 +320,7 @@ class Forwarder:
             entry = cache.get(key)
             if entry is not None:
                 cache.count(Outcome.HIT)
-                await self._send_entry(entry, decision, service, form, send)
+                await self._send_entry(entry, decision, record, form, send)
                 return
             if cache.dedup:
                 flight = cache.flights.get(key)
@@ -303,12 +329,12 @@ class Forwarder:
             flight = Flight()
             if mode is Mode.USE and cache.dedup:
                 cache.flights[key] = flight
-            call = _Call(key, asked, planned.name, mode, endpoint, body, request, decision, service)
+            call = _Call(key, asked, planned.name, mode, endpoint, body, request, decision, record)
             flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
         flight.join()
         try:
             with self.disconnects.watch(receive):
-                await self._serve_flight(flight, first, service, form, send)
+                await self._serve_flight(flight, first, record, form, send)
         finally:
             flight.leave()
             if flight.subscribers == 0 and not flight.done and cache.flights.get(key) is flight:
@@ -327,10 +353,11 @@ class Forwarder:
                 if entry is not None and entry.backend in self.backends:
                     self._land(flight, entry, decision)
                     return
-            if call.service in self.budgets.rules:
+            if call.record.service in self.budgets.rules:
                 decision, reservation = await self.budgets.admit(
-                    call.service, decision, call.endpoint, len(call.body), call.request
+                    call.record.service, decision, call.endpoint, len(call.body), call.request
                 )
+                self._note(call.record, decision)
                 if decision is not call.decision and call.mode is Mode.USE:
                     # Downgraded: the cheaper tier's answer may be kept already.
                     entry = cache.get(
@@ -370,7 +397,7 @@ class Forwarder:
         if payload is not None:
             flight.usage = usage = usage_of(payload) if status < 400 else None
             if status < 400:
-                self._book(call.service, backend, decision, usage, reservation)
+                self._book(call.record, backend, decision, usage, reservation)
             flight.answer(Head(status, headers, backend, decision, streamed=False))
             if status == 200 and complete(payload):
                 self._keep(call, backend, payload, usage)
@@ -397,7 +424,7 @@ class Forwarder:
             response.close()
             self.health.finished(backend.name)
             if status < 400:
-                self._book(call.service, backend, decision, tap.usage, reservation)
+                self._book(call.record, backend, decision, tap.usage, reservation)
         flight.usage = tap.usage
         answer = assemble(b"".join(flight.chunks)) if status == 200 and broken is None else None
         if answer is not None:
@@ -424,15 +451,21 @@ class Forwarder:
         assert self.cache is not None
         self.cache.store(self._key_for(call, backend), Entry(answer, backend.name, time.time(), usage))
 
-    async def _serve_flight(self, flight: Flight, first: bool, service: str, form: _Form, send: Send) -> None:
+    async def _serve_flight(
+        self, flight: Flight, first: bool, record: RequestRecord, form: _Form, send: Send
+    ) -> None:
         """Answer one subscriber of a flight, in the form it asked for."""
         cache = self.cache
         assert cache is not None
         head = await flight.head()  # the flight's error, if it failed before any answer
         outcome = Outcome.HIT if head.hit else Outcome.MISS if first else Outcome.DEDUP
         cache.count(outcome)
+        record.cache = outcome.name
+        record.backend = head.backend.name
+        record.status = head.status
+        self._note(record, head.decision)
         if head.streamed and form.stream:
-            await self._fan_out(flight, head, outcome, form, send)
+            await self._fan_out(flight, head, outcome, form, send, record)
         else:
             await flight.finished()
             payload = flight.payload
@@ -448,9 +481,11 @@ class Forwarder:
                 headers = head.headers if not head.streamed else self._json_headers(head)
                 await _send_answer(send, head.status, [*headers, outcome.header], payload)
         if outcome is not Outcome.MISS and head.status < 400:
-            self._book_free(service, head.backend, head.decision, flight.usage)
+            self._book_free(record, head.backend, head.decision, flight.usage)
 
-    async def _fan_out(self, flight: Flight, head: Head, outcome: Outcome, form: _Form, send: Send) -> None:
+    async def _fan_out(
+        self, flight: Flight, head: Head, outcome: Outcome, form: _Form, send: Send, record: RequestRecord
+    ) -> None:
         """A stream, chunk by chunk as the flight gets them; the usage chunk only if asked for."""
         tap = UsageTap(not form.include_usage)
         await send(
@@ -459,17 +494,22 @@ class Forwarder:
         async for chunk in flight.stream():
             chunk = tap.feed(chunk)
             if chunk:
+                if record.first_token is None:
+                    self._first_token(record)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if flight.broken is not None:
             await send({"type": "http.response.body", "body": flight.broken.sse_event(), "more_body": True})
         await send({"type": "http.response.body", "body": tap.finish()})
 
     async def _send_entry(
-        self, entry: Entry, decision: Decision, service: str, form: _Form, send: Send
+        self, entry: Entry, decision: Decision, record: RequestRecord, form: _Form, send: Send
     ) -> None:
         backend = self.backends[entry.backend]
+        record.cache = Outcome.HIT.name
+        record.backend = backend.name
+        record.status = 200
         added = [Outcome.HIT.header, (b"age", str(max(0, int(time.time() - entry.created))).encode())]
-        self._book_free(service, backend, decision, entry.usage)
+        self._book_free(record, backend, decision, entry.usage)
         if form.stream:
             await self._send_replay(entry.body, backend, decision, form, added, send)
         else:
@@ -498,13 +538,16 @@ class Forwarder:
     def _json_headers(self, head: Head) -> list[tuple[bytes, bytes]]:
         return [*JSON_HEADERS, *self._added_headers(head.decision, head.backend)]
 
-    def _book_free(self, service: str, backend: Backend, decision: Decision, usage: Usage | None) -> None:
+    def _book_free(
+        self, record: RequestRecord, backend: Backend, decision: Decision, usage: Usage | None
+    ) -> None:
         category = decision.classification.category if decision.classification else None
-        self.ledger.record_free(service, backend.name, decision.tier, category, usage)
+        self.ledger.record_free(record.service, backend.name, decision.tier, category, usage)
+        _count_tokens(record, usage)
 
     def _book(
         self,
-        service: str,
+        record: RequestRecord,
         backend: Backend,
         decision: Decision,
         usage: Usage | None,
@@ -513,9 +556,18 @@ class Forwarder:
         """Book an answer in the ledger and settle its reservation at the same cost, together,
         so that the budget's spend and the books never disagree."""
         category = decision.classification.category if decision.classification else None
-        cost = self.ledger.record(service, backend.name, decision.tier, category, usage)
+        cost = self.ledger.record(record.service, backend.name, decision.tier, category, usage)
         if reservation is not None:
             reservation.settle(cost)
+        _count_tokens(record, usage)
+        record.cost = cost
+
+    def _first_token(self, record: RequestRecord) -> None:
+        """The first chunk of a stream is about to go out: time to first token."""
+        if record.started:
+            record.first_token = time.perf_counter() - record.started
+            if self.metrics is not None:
+                self.metrics.first_token.observe(record.backend, record.first_token)
 
     def _overrides(self, scope: Scope) -> bytes:
         """The routing headers a request carries, when routing honours them (part of what it asked)."""
@@ -584,7 +636,7 @@ class Forwarder:
                     continue
             if _is_stream(response):
                 if response.status < 500:
-                    health.record_success(name, time.monotonic() - sent_at)
+                    self._answered(name, time.monotonic() - sent_at)
                 return backend, response, None  # in flight until the relay ends
             try:
                 payload = response.take_body()
@@ -599,9 +651,14 @@ class Forwarder:
                 response.close()
                 health.finished(name)
             if response.status < 500:
-                health.record_success(name, time.monotonic() - sent_at)
+                self._answered(name, time.monotonic() - sent_at)
             return backend, response, payload
         raise failure or BadGateway("no backend of the chain could answer")
+
+    def _answered(self, backend: str, seconds: float) -> None:
+        self.health.record_success(backend, seconds)
+        if self.metrics is not None:
+            self.metrics.upstream.observe(backend, seconds)
 
     async def _relay_stream(
         self,
@@ -610,6 +667,7 @@ class Forwarder:
         send: Send,
         backend: str,
         tap: UsageTap,
+        record: RequestRecord,
     ) -> None:
         """Relay chunk by chunk as they arrive; a broken stream ends with an SSE error event."""
         try:
@@ -627,6 +685,8 @@ class Forwarder:
                     break
                 chunk = tap.feed(chunk)
                 if chunk:
+                    if record.first_token is None:
+                        self._first_token(record)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": tap.finish()})
         finally:
@@ -646,7 +706,7 @@ class _Form:
 class _Call:
     """What a flight's upstream call needs: the request as it came, as routing saw it."""
 
-    __slots__ = ("asked", "body", "decision", "endpoint", "key", "mode", "planned", "request", "service")
+    __slots__ = ("asked", "body", "decision", "endpoint", "key", "mode", "planned", "record", "request")
 
     def __init__(
         self,
@@ -658,7 +718,7 @@ class _Call:
         body: bytes,
         request: RequestText | None,
         decision: Decision,
-        service: str,
+        record: RequestRecord,
     ) -> None:
         self.key = key
         self.asked = asked
@@ -668,7 +728,13 @@ class _Call:
         self.body = body
         self.request = request
         self.decision = decision
-        self.service = service
+        self.record = record  # of the request that started the call: it pays for it
+
+
+def _count_tokens(record: RequestRecord, usage: Usage | None) -> None:
+    if usage is not None:
+        record.input_tokens = usage.prompt_tokens
+        record.output_tokens = usage.completion_tokens
 
 
 def _streams(body: bytes) -> bool:

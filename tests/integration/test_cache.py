@@ -7,34 +7,22 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from bench.mock_backend import BackendHandle
-from tests.support import ProxyClient, standard_tree
-
-from tiermux.config import Config, load_config
+from tests.support import ProxyClient
 
 GREEDY = {"model": "fast", "messages": [{"role": "user", "content": "Is 7 prime?"}], "temperature": 0}
 
 
 @pytest.fixture
-def cached(
-    vllm: BackendHandle,
-    cloud: BackendHandle,
-    cloud_key_file: Path,
-    config_file: Callable[[dict[str, Any]], Path],
-    proxy_factory: Callable[[Config], ProxyClient],
-) -> Callable[..., ProxyClient]:
+def cached(proxy_with: Callable[..., ProxyClient]) -> Callable[..., ProxyClient]:
     """An in-process proxy on the standard backends, with ``cache`` settings (and more) as given."""
 
-    def make(cache: dict[str, Any] | None = None, **extra: Any) -> ProxyClient:
-        tree = standard_tree(vllm.url, cloud.url, cloud_key_file)
-        tree["cache"] = cache or {}
-        tree.update(extra)
-        return proxy_factory(load_config(config_file(tree)))
+    def make(cache: dict[str, Any] | None = None, **sections: Any) -> ProxyClient:
+        return proxy_with(cache=cache or {}, **sections)
 
     return make
 

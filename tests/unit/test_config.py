@@ -486,6 +486,7 @@ def test_cli_check_demo_config() -> None:
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     assert "budgets: none; state: this machine's shared memory" in result.stdout
+    assert "metrics: on; access log: off" in result.stdout
     assert (
         "cache: on (300s, 64 MiB per worker, deterministic requests only, identical requests" in result.stdout
     )
@@ -644,6 +645,12 @@ def test_the_default_service_may_have_a_budget() -> None:
         ({"cache": {"shared": True}}, "$.cache.shared", "set state.backend: redis"),
         ({"cache": {"ttl": 0}}, "$.cache.ttl", ""),
         ({"cache": {"max_byte": 10}}, "$.cache", "max_byte"),
+        (
+            {"access_log": {"enabled": True, "path": "/no/such/dir/a.log"}},
+            "$.access_log.path",
+            "does not exist",
+        ),
+        ({"metrics": {"enabled": "yes"}}, "$.metrics.enabled", ""),
     ],
     ids=[
         "timezone",
@@ -657,6 +664,8 @@ def test_the_default_service_may_have_a_budget() -> None:
         "shared-cache-without-redis",
         "cache-ttl",
         "cache-typo",
+        "access-log-directory",
+        "metrics-type",
     ],
 )
 def test_budget_and_state_errors_name_the_field(extra: dict[str, object], field: str, message: str) -> None:

@@ -120,8 +120,8 @@ class Ledger:
         cells.add(base + BASELINE, self._baseline.cost(usage))
         return saved
 
-    def snapshot(self) -> dict[str, object]:
-        """Totals, and the same by service, backend, tier and category (what ``/stats`` shows)."""
+    def rows(self) -> list[tuple[tuple[str, str, str, str], list[int]]]:
+        """((service, backend, tier, category), the fields) of every combination with requests."""
         rows = []
         for service in self.services:
             for backend in self.backends:
@@ -131,6 +131,11 @@ class Ledger:
                         if self._cells.load(base + REQUESTS):
                             values = [self._cells.load(base + f) for f in range(FIELDS)]
                             rows.append(((service, backend, tier, category), values))
+        return rows
+
+    def snapshot(self) -> dict[str, object]:
+        """Totals, and the same by service, backend, tier and category (what ``/stats`` shows)."""
+        rows = self.rows()
         return {
             "object": "tiermux.stats",
             "baseline_backend": self.baseline_backend,

@@ -33,6 +33,7 @@ CACHE_FIELDS = 8
 
 def layout_for(config: Config) -> Layout:
     from tiermux.accounting.ledger import ledger_cells
+    from tiermux.telemetry.metrics import metrics_cells
 
     names = [backend.name for backend in config.backends]
     return Layout(
@@ -41,6 +42,7 @@ def layout_for(config: Config) -> Layout:
             "ledger": ledger_cells(config),
             "budgets": budget_cells(len(config.service_names)),
             "cache": CACHE_FIELDS,
+            "metrics": metrics_cells(config),
         },
         [
             f"backends={','.join(names)}",

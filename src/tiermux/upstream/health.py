@@ -58,7 +58,7 @@ class HealthMirror(Protocol):
 class BackendHealth:
     """One backend's cells, and the decisions that read them."""
 
-    __slots__ = ("base", "capacity", "cells", "in_flight", "name", "price")
+    __slots__ = ("base", "capacity", "cells", "gauge", "in_flight", "name", "price")
 
     def __init__(self, name: str, price: float, capacity: int, cells: atomics.Cells, base: int) -> None:
         self.name = name
@@ -67,6 +67,7 @@ class BackendHealth:
         self.cells = cells
         self.base = base
         self.in_flight = 0  # this worker's requests to it (see the module docstring)
+        self.gauge: tuple[atomics.Cells, int] | None = None  # the same, where /metrics reads it
 
     def __repr__(self) -> str:
         return (
@@ -164,9 +165,20 @@ class Health:
         s = self.state[name]
         s.in_flight += 1
         s.cells.add(s.base + REQUESTS, 1)
+        if s.gauge is not None:
+            s.gauge[0].add(s.gauge[1], 1)
 
     def finished(self, name: str) -> None:
-        self.state[name].in_flight -= 1
+        s = self.state[name]
+        s.in_flight -= 1
+        if s.gauge is not None:
+            s.gauge[0].add(s.gauge[1], -1)
+
+    def publish_in_flight(self, cells: atomics.Cells, cell_of: Mapping[str, int | None]) -> None:
+        """Keep each backend's in-flight count of this worker in ``cells`` too (for /metrics)."""
+        for name, s in self.state.items():
+            cell = cell_of.get(name)
+            s.gauge = None if cell is None else (cells, cell)
 
     def record_success(self, name: str, latency: float) -> None:
         cells = self._cells
