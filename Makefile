@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SYSTEM_DEPS := nginx wrk redis-server
 PYTEST_FLAGS ?= -q
 
-.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-locust bench-micro bench-classifier model clean
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-metrics bench-locust bench-micro bench-classifier model clean
 
 all: install
 
@@ -45,7 +45,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 # Benchmarks live outside the test run. Results land in bench/results/.
-bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-locust
+bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-metrics bench-locust
 
 bench-throughput: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput
@@ -57,6 +57,10 @@ bench-budgets: $(INSTALLED) system-deps
 # Response cache hits against a Granian app answering with no upstream (bench/results/cache.md).
 bench-cache: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput --cache
+
+# What Prometheus metrics (scraped during the run) and the access log cost (bench/results/metrics.md).
+bench-metrics: $(INSTALLED) system-deps
+	$(PY) -m bench.throughput --metrics
 
 bench-locust: $(INSTALLED)
 	$(PY) -m bench.locust_run

@@ -26,6 +26,8 @@ Other modes:
 * ``--budgets``: what enforcing budgets and tracking health cost (``bench/budgets.py``);
 * ``--cache``: response cache hits against a Granian app answering with no upstream, the most
   Python can serve here (``bench/cache.py``);
+* ``--metrics``: what Prometheus metrics (and the access log) cost on the hot path
+  (``bench/metrics.py``);
 * ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
   each segment, to see whether memory stays flat.
 
@@ -1731,6 +1733,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="req/s, latency and CPU per request of tiermux answering from its response cache against "
         "a Granian app answering with no upstream (the ceiling), with the cache off and nginx for context",
     )
+    metrics = parser.add_argument_group("metrics cost (--metrics)")
+    metrics.add_argument(
+        "--metrics",
+        action="store_true",
+        help="req/s and CPU per request of tiermux recording Prometheus metrics (scraped during the "
+        "run) against the same with metrics off, and with the access log on too; nginx for reference",
+    )
     soak = parser.add_argument_group("soak (--soak N)")
     soak.add_argument("--soak", type=int, metavar="N", help="drive N requests through tiermux, sampling RSS")
     soak.add_argument("--segment", type=float, default=10.0, help="seconds per soak segment (default 10)")
@@ -1747,8 +1756,11 @@ def _grouping_line(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum(bool(mode) for mode in (args.routing, args.stream, args.soak, args.budgets, args.cache)) > 1:
-        parser.error("--routing, --budgets, --cache, --stream and --soak are separate modes: pick one")
+    modes = (args.routing, args.stream, args.soak, args.budgets, args.cache, args.metrics)
+    if sum(bool(mode) for mode in modes) > 1:
+        parser.error(
+            "--routing, --budgets, --cache, --metrics, --stream and --soak are separate modes: pick one"
+        )
     if args.one_session:
         global ONE_SESSION
         ONE_SESSION = True
@@ -1771,6 +1783,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.cache import run_cache
 
             return run_cache(args)
+        if args.metrics:
+            from bench.metrics import run_metrics
+
+            return run_metrics(args)
         return run_throughput(args)
     except BenchError as exc:
         print(f"bench.throughput: {exc}", file=sys.stderr)
