@@ -1,9 +1,11 @@
 """The hot path: one OpenAI-style request from the client to a backend and its answer back.
 
-    read body (bounded) -> decode routing fields -> route (resolve, classify, policy)
+    read body (bounded) -> [a request seen before: its answer from the cache, done]
+    -> decode routing fields -> route (resolve, classify, policy)
+    -> [cacheable: the answer kept, or an identical call in flight joined, or a call started]
     -> reserve the worst case against the service's budget (downgrade or refuse past it)
     -> splice ``model`` -> try the chain's backends, cheapest healthy first, until one answers
-    -> relay the answer
+    -> relay the answer (and keep it, when it is whole and cacheable)
 
 A client that leaves cancels the work done for it (``DisconnectWatcher``). Failover happens only
 before the client has received a byte: connection errors, timeouts and 5xx answers move to the
@@ -196,8 +198,8 @@ class Forwarder:
         self._note(record, decision, decided=True)
         if request is None and endpoint != "/embeddings":  # a body routing could not read
             cache.count(Outcome.BYPASS)
-            await self._answer(
-                endpoint, body, None, decision, record, None, receive, send, Outcome.BYPASS.header
+            await self._admit_and_answer(
+                endpoint, body, None, decision, record, receive, send, Outcome.BYPASS.header
             )
             return
         cache.remember(asked, decision)
@@ -215,6 +217,20 @@ class Forwarder:
     ) -> None:
         decision, request = self._route(endpoint, body, scope)
         self._note(record, decision, decided=True)
+        await self._admit_and_answer(endpoint, body, request, decision, record, receive, send, cache_header)
+
+    async def _admit_and_answer(
+        self,
+        endpoint: str,
+        body: bytes,
+        request: RequestText | None,
+        decision: Decision,
+        record: RequestRecord,
+        receive: Receive,
+        send: Send,
+        cache_header: tuple[bytes, bytes] | None,
+    ) -> None:
+        """Reserve against the service's budget (which may downgrade or refuse), then answer."""
         if record.service not in self.budgets.rules:
             await self._answer(endpoint, body, request, decision, record, None, receive, send, cache_header)
             return

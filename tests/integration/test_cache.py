@@ -360,3 +360,15 @@ def test_routing_headers_are_part_of_what_was_asked(cached: Callable[..., ProxyC
     assert (outcome(lifted), lifted.headers["x-tiermux-backend"]) == ("MISS", "frontier")
     assert outcome(client.post("/v1/chat/completions", json=GREEDY, headers=capable)) == "HIT"
     assert outcome(client.chat(GREEDY)) == "HIT"
+
+
+def test_a_body_routing_cannot_read_bypasses_the_cache_but_not_the_budget(
+    cached: Callable[..., ProxyClient], cloud: BackendHandle
+) -> None:
+    client = cached(services={"default": {"budget": {"daily_usd": 0.0001, "policy": "reject"}}})
+    odd = {"model": "smart", "temperature": 0, "messages": "a vendor's own shape"}
+    refused = client.chat(odd)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert calls(cloud) == 0
+    allowed = cached()
+    assert [outcome(allowed.chat(odd)) for _ in range(2)] == ["BYPASS", "BYPASS"]
