@@ -86,6 +86,7 @@ class TiermuxApp:
             cells = {name: self.metrics.in_flight_cell(name) for name in self.backends}
             self.health.publish_in_flight(self.metrics.cells, cells)
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
+        self._observing = self.metrics is not None or self.access_log is not None
         self.forwarder = Forwarder(
             self.router,
             self.backends,
@@ -146,31 +147,30 @@ class TiermuxApp:
                 [(b"allow", allowed.encode())],
             )
             return
-        if path in PROXIED_PATHS and (self.metrics is not None or self.access_log is not None):
-            await self._observed(path, handler, scope, receive, send)
-        else:
+        if not self._observing or path not in PROXIED_PATHS:
             await self._dispatch(path, handler, scope, receive, send)
-
-    async def _observed(
-        self, path: str, handler: Handler, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """A proxied request, timed, with what it turned out to be counted and logged once its
-        answer is out (or it failed, or the client left)."""
+            return
+        # A proxied request is timed, and what it turned out to be is counted and logged once its
+        # answer is out (or it failed, or the client left). The proxy notes the status it
+        # answers with; errors are answered by _dispatch.
         record = RequestRecord(time.perf_counter())
         scope[RECORD_SCOPE_KEY] = record
+        error = None
         try:
-            # The proxy notes the status it answers with; errors are answered here.
             error = await self._dispatch(path, handler, scope, receive, send)
-            if error is not None:
-                record.status = error
         finally:
-            seconds = time.perf_counter() - record.started
-            if not record.status:
-                record.status = CLIENT_CLOSED  # nothing was sent: the client left first
-            if self.metrics is not None:
-                self.metrics.request(record.category, record.tier, record.backend, record.status, seconds)
-            if self.access_log is not None:
-                self.access_log.write(record, path, seconds)
+            self._account(record, path, error)
+
+    def _account(self, record: RequestRecord, path: str, error: int | None) -> None:
+        seconds = time.perf_counter() - record.started
+        if error is not None:
+            record.status = error
+        elif not record.status:
+            record.status = CLIENT_CLOSED  # nothing was sent: the client left first
+        if self.metrics is not None:
+            self.metrics.request(record.category, record.tier, record.backend, record.status, seconds)
+        if self.access_log is not None:
+            self.access_log.write(record, path, seconds)
 
     async def _dispatch(
         self, path: str, handler: Handler, scope: Scope, receive: Receive, send: Send

@@ -113,13 +113,11 @@ class Forwarder:
         self._route_headers: dict[tuple[str, str, str, int, str | None], list[tuple[bytes, bytes]]] = {}
         self.disconnects = DisconnectWatcher()
 
-    def _note(self, record: RequestRecord, decision: Decision, decided: bool = False) -> None:
-        """Where routing sent a request (``decided``: routing decided it just now, and counts)."""
+    def _note(self, record: RequestRecord, decision: Decision) -> None:
+        """Where routing sent a request."""
         classification = decision.classification
         record.category = classification.category if classification is not None else NONE
         record.tier = decision.tier if decision.tier in self._tiers else PINNED
-        if decided and self.metrics is not None:
-            self.metrics.decision(record.category, record.tier)
 
     def _added_headers(self, decision: Decision, backend: Backend) -> list[tuple[bytes, bytes]]:
         classification = decision.classification
@@ -195,7 +193,7 @@ class Forwarder:
         if mode is Mode.USE and await self._known_hit(asked, endpoint, body, record, send):
             return
         decision, request = self._route(endpoint, body, scope)
-        self._note(record, decision, decided=True)
+        self._note(record, decision)
         if request is None and endpoint != "/embeddings":  # a body routing could not read
             cache.count(Outcome.BYPASS)
             await self._admit_and_answer(
@@ -216,7 +214,7 @@ class Forwarder:
         cache_header: tuple[bytes, bytes] | None = None,
     ) -> None:
         decision, request = self._route(endpoint, body, scope)
-        self._note(record, decision, decided=True)
+        self._note(record, decision)
         await self._admit_and_answer(endpoint, body, request, decision, record, receive, send, cache_header)
 
     async def _admit_and_answer(
@@ -308,7 +306,7 @@ class Forwarder:
         if entry is None:
             return False
         cache.count(Outcome.HIT)
-        self._note(record, decision, decided=True)
+        self._note(record, decision)
         await self._send_entry(entry, decision, record, _form_of(body, _streams(body)), send)
         return True
 

@@ -56,10 +56,9 @@ def metrics_cells(config: Config) -> int:
     """Cells of the metrics block for ``config``."""
     categories, tiers, backends = _labels(config)
     requests = len(categories) * len(tiers) * len(backends) * len(STATUSES)
-    decisions = len(categories) * len(tiers)
     histograms = (len(tiers) + 2 * len(backends)) * _HISTOGRAM_CELLS
     workers = MAX_WORKERS * (1 + len(backends))
-    return requests + decisions + histograms + workers
+    return requests + histograms + workers
 
 
 class Histogram:
@@ -95,13 +94,16 @@ class Metrics:
         self._cells = cells
         self.categories, self.tiers, self.backends = _labels(config)
         self._category = {name: i for i, name in enumerate(self.categories)}
-        self._tier = {name: i for i, name in enumerate(self.tiers)}
         self._backend = {name: i for i, name in enumerate(self.backends)}
-        self._status = {name: i for i, name in enumerate(STATUSES)}
-        self._other = self._status["other"]
-        requests = len(self.categories) * len(self.tiers) * len(self.backends) * len(STATUSES)
-        self._decisions = requests
-        base = self._decisions + len(self.categories) * len(self.tiers)
+        # The cell of (category, tier, backend, status) is category * _by_category + tier *
+        # _by_tier + backend * _by_backend + status: strides computed once, for the hot path.
+        self._by_backend = len(STATUSES)
+        self._by_tier = self._by_backend * len(self.backends)
+        self._by_category = self._by_tier * len(self.tiers)
+        self._status = {int(name): i for i, name in enumerate(STATUSES[:-1])}
+        self._other = len(STATUSES) - 1
+        self._tier_base = {name: i * self._by_tier for i, name in enumerate(self.tiers)}
+        base = self._by_category * len(self.categories)
         self.duration = Histogram(cells, base, self.tiers)
         base += len(self.tiers) * _HISTOGRAM_CELLS
         self.first_token = Histogram(cells, base, self.backends)
@@ -120,14 +122,13 @@ class Metrics:
     def request(self, category: str, tier: str, backend: str, status: int, seconds: float) -> None:
         """One answered request: its labels, status and how long it took end to end."""
         index = (
-            (self._category[category] * len(self.tiers) + self._tier[tier]) * len(self.backends)
-            + self._backend[backend]
-        ) * len(STATUSES) + self._status.get(str(status), self._other)
+            self._category[category] * self._by_category
+            + self._tier_base[tier]
+            + self._backend[backend] * self._by_backend
+            + self._status.get(status, self._other)
+        )
         self._cells.add(index, 1)
         self.duration.observe(tier, seconds)
-
-    def decision(self, category: str, tier: str) -> None:
-        self._cells.add(self._decisions + self._category[category] * len(self.tiers) + self._tier[tier], 1)
 
     def in_flight_cell(self, backend: str) -> int | None:
         """The cell of this worker's in-flight count for ``backend`` (None without a slot)."""
@@ -157,13 +158,13 @@ class Metrics:
         return rows
 
     def decisions(self) -> list[tuple[str, str, int]]:
-        rows = []
-        for c, category in enumerate(self.categories):
-            for t, tier in enumerate(self.tiers):
-                count = self._cells.load(self._decisions + c * len(self.tiers) + t)
-                if count:
-                    rows.append((category, tier, count))
-        return rows
+        """(category, tier, count): requests routing decided, whatever became of them (the
+        request counts of every tier but ``none``, summed over backends and statuses)."""
+        totals: dict[tuple[str, str], int] = {}
+        for category, tier, _, _, count in self.requests():
+            if tier != NONE:
+                totals[category, tier] = totals.get((category, tier), 0) + count
+        return [(category, tier, count) for (category, tier), count in totals.items()]
 
     def in_flight(self) -> dict[str, int]:
         """Requests in flight to each backend, summed over the live workers."""
