@@ -3,6 +3,19 @@
 It plays either a local vLLM server (``--flavor vllm``) or an OpenAI-like cloud API
 (``--flavor cloud``) and answers every completion with a canned text of ``--tokens`` words.
 
+Quality tests can shape the answers:
+
+* ``text`` (``--text``): every chat and text completion answers with exactly this text instead,
+  also in JSON mode. It is sent as word-like pieces, split before each run of whitespace
+  (``"a b  c"`` is ``"a"``, ``" b"``, ``"  c"``); ``tokens`` and the request's ``max_tokens`` cap
+  the number of pieces, with ``finish_reason`` ``"length"`` when the text was cut, and usage
+  counts the pieces sent. ``null`` (the default) restores the canned answer.
+* ``logprob`` (``--logprob``, default -0.05): a chat request with ``"logprobs": true`` gets
+  OpenAI-shaped ``choices[i].logprobs.content`` entries, one per piece (per chunk when streamed),
+  each with this log-probability. With ``top_logprobs`` = k > 0 each entry lists the chosen piece
+  and k - 1 made-up alternatives sharing the remaining probability, most likely first. Set e.g.
+  -2.5 to play an unsure model.
+
 The server is a raw :class:`asyncio.Protocol` on uvloop with :mod:`httptools` parsing, so that a
 single process stays well ahead of a proxy driven at tens of thousands of requests per second.
 Everything that does not depend on the request (status lines, header fragments, canned answers,
@@ -14,7 +27,8 @@ what the proxy really sent and change latency or failure injection on a running 
 
 * ``GET /_mock/requests`` / ``DELETE /_mock/requests``: recorded requests (last 512), or clear them.
 * ``GET /_mock/stats``: request counters and connection gauges.
-* ``GET|POST /_mock/config``: read or change latency, token count and failure injection.
+* ``GET|POST /_mock/config``: read or change latency, token count, answer text, logprob and
+  failure injection (``{"text": null}`` switches back to the canned answer).
 
 Run ``python -m bench.mock_backend --help`` for the command line, or use :class:`MockBackend` /
 :func:`run_in_thread` from Python.
@@ -29,7 +43,10 @@ import collections
 import contextlib
 import hashlib
 import http
+import itertools
+import math
 import random
+import re
 import secrets
 import signal
 import socket
@@ -61,6 +78,7 @@ TokenCount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 ErrorStatus = Annotated[int, msgspec.Meta(ge=400, le=599)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+LogProb = Annotated[float, msgspec.Meta(ge=-9999.0, le=0.0)]
 
 
 class MockOptions(msgspec.Struct, kw_only=True):
@@ -80,10 +98,15 @@ class MockOptions(msgspec.Struct, kw_only=True):
     fail_mode: FailMode = "status"
     fail_status: ErrorStatus = 500
     seed: int = 0
+    text: str | None = None
+    logprob: LogProb = -0.05
 
 
 class _ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
-    """The options that may change while the server runs (``POST /_mock/config``)."""
+    """The options that may change while the server runs (``POST /_mock/config``).
+
+    A field left out (or ``null``) keeps its value, except ``text``, where ``null`` clears it.
+    """
 
     latency_ms: Millis | None = None
     ttft_ms: Millis | None = None
@@ -93,6 +116,8 @@ class _ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
     fail_mode: FailMode | None = None
     fail_status: ErrorStatus | None = None
     seed: int | None = None
+    text: str | msgspec.UnsetType | None = msgspec.UNSET
+    logprob: LogProb | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,6 +126,7 @@ class _ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
 # --------------------------------------------------------------------------------------------
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+TopLogprobs = Annotated[int, msgspec.Meta(ge=0, le=20)]
 ChoiceCount = Annotated[int, msgspec.Meta(ge=1, le=128)]
 
 
@@ -132,6 +158,8 @@ class _ChatRequest(msgspec.Struct):
     tools: list[_Tool] | None = None
     tool_choice: str | _Tool | None = None
     response_format: _ResponseFormat | None = None
+    logprobs: bool | None = False
+    top_logprobs: TopLogprobs | None = None
 
 
 class _CompletionRequest(msgspec.Struct):
@@ -189,6 +217,8 @@ _MAX_PIPELINE = 64  # queued requests on one connection before we stop reading f
 _CACHE_LIMIT = 1024
 _EMBEDDING_DIMS = 8
 _TOOL_CALL_TOKENS = 2  # a tool call is "generated" as two deltas: its header, then its arguments
+_PIECE = re.compile(r"\s*\S+|\s+")  # a configured text's pieces: whitespace run, then a word
+_MIN_LOGPROB = -9999.0  # what OpenAI reports for "practically impossible"
 
 # Cycled to build the canned answer; plain ASCII words so they never need JSON escaping.
 _WORDS = (
@@ -235,6 +265,42 @@ def _answer_tokens(count: int, json_mode: bool) -> tuple[str, ...]:
         tokens[0] = '{"answer": "' + tokens[0][1:]
         tokens[-1] += '"}'
     return tuple(tokens)
+
+
+def _text_pieces(text: str) -> tuple[str, ...]:
+    """A configured answer text as streamed pieces; they join to exactly ``text``."""
+    return tuple(_PIECE.findall(text))
+
+
+def _top_logprobs(token: str, logprob: float, top: int) -> list[dict[str, Any]]:
+    """``top`` candidates for one position: ``token`` and made-up alternatives, likeliest first.
+
+    The alternatives share the probability that ``token`` leaves over, evenly.
+    """
+    if top <= 0:
+        return []
+    candidates = [(token, logprob)]
+    others = top - 1
+    if others:
+        rest = 1.0 - math.exp(logprob)
+        alternative = max(math.log(rest / others), _MIN_LOGPROB) if rest > 0.0 else _MIN_LOGPROB
+        words = (word for word in (" " + w for w in _WORDS) if word != token)
+        candidates.extend((word, alternative) for word in itertools.islice(words, others))
+    candidates.sort(key=lambda candidate: -candidate[1])  # stable: the chosen token wins ties
+    return [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in candidates]
+
+
+def _logprobs_content(tokens: Sequence[str], logprob: float, top: int) -> list[dict[str, Any]]:
+    """The ``logprobs.content`` entries of a chat answer: one per token, all with ``logprob``."""
+    return [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": _top_logprobs(token, logprob, top),
+        }
+        for token in tokens
+    ]
 
 
 def _sse_chunk(prefix: bytes, choices: bytes) -> bytes:
@@ -313,29 +379,34 @@ _AT_TTFT, _AT_ONCE, _AT_ITL = 0, 1, 2
 EncodedFrames = list[tuple[int, bytes]]  # (when due, encoded "choices" array) per frame
 
 
-def _chat_frames(per_choice: list[list[dict[str, Any]]], finish: str) -> EncodedFrames:
+def _chat_frames(
+    per_choice: list[list[dict[str, Any]]], finish: str, logprobs: Sequence[Any] | None = None
+) -> EncodedFrames:
     """The ``choices`` of every frame of a chat stream: role, one per delta, finish.
 
     The role frame is due at TTFT together with the first delta; later deltas one ITL apart.
     With several choices, each step has one frame per choice, all due at the same moment.
+    ``logprobs``, if given, holds the ``logprobs`` value of each delta step (same for all choices).
     """
     n = len(per_choice)
     steps: list[list[dict[str, Any]]] = [[{"role": "assistant", "content": ""}] * n]
     steps.extend(list(step) for step in zip(*per_choice, strict=True))
     steps.append([{}] * n)
-    slots = [_AT_TTFT, _AT_ONCE] + [_AT_ITL] * (len(steps) - 3) + [_AT_ONCE]
+    deltas = len(steps) - 2
+    slots = [_AT_TTFT, *[_AT_ONCE] * min(deltas, 1), *[_AT_ITL] * (deltas - 1), _AT_ONCE]
     reasons = [None] * (len(steps) - 1) + [finish]
+    extras = [None, *(logprobs if logprobs is not None else [None] * deltas), None]
     frames: EncodedFrames = []
-    for step, slot, reason in zip(steps, slots, reasons, strict=True):
+    for step, slot, reason, extra in zip(steps, slots, reasons, extras, strict=True):
         for index, delta in enumerate(step):
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "delta": delta, "logprobs": extra, "finish_reason": reason}
             frames.append((slot if index == 0 else _AT_ONCE, _encode([choice])))
     return frames
 
 
-def _completion_frames(n: int, count: int, finish: str) -> EncodedFrames:
+def _completion_frames(n: int, tokens: Sequence[str], finish: str) -> EncodedFrames:
     """The ``choices`` of every frame of a text completion stream: one per token, then finish."""
-    texts = [*_answer_tokens(count, False), ""]
+    texts = [*tokens, ""]
     frames: EncodedFrames = []
     for step, text in enumerate(texts):
         last = step == len(texts) - 1
@@ -350,10 +421,18 @@ def _completion_frames(n: int, count: int, finish: str) -> EncodedFrames:
 class _Answer:
     """What a completion request gets, decided once and shared by both renderings."""
 
-    __slots__ = ("count", "created", "finish", "model", "n", "prompt", "rid")
+    __slots__ = ("count", "created", "finish", "model", "n", "pieces", "prompt", "rid")
 
     def __init__(
-        self, rid: bytes, model: bytes, created: int, n: int, prompt: int, count: int, finish: str
+        self,
+        rid: bytes,
+        model: bytes,
+        created: int,
+        n: int,
+        prompt: int,
+        count: int,
+        finish: str,
+        pieces: tuple[str, ...] | None = None,
     ) -> None:
         self.rid = rid
         self.model = model  # already JSON-encoded, quotes included
@@ -362,6 +441,7 @@ class _Answer:
         self.prompt = prompt  # estimated prompt tokens
         self.count = count  # tokens per choice
         self.finish = finish
+        self.pieces = pieces  # the configured text's tokens (already cut), None for the canned one
 
     def usage(self, completion_tokens: int) -> tuple[int, int, int]:
         """Prompt, completion and total tokens, in template order."""
@@ -662,6 +742,7 @@ class MockBackend:
         self._created = int(time.time())
         self._models_body = self._build_models_body()
         self._cache: dict[tuple[Any, ...], Any] = {}  # encoded fragments, see _remember()
+        self._pieces: tuple[str | None, tuple[str, ...]] = (None, ())  # (text, its pieces)
         self._records: collections.deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]] = (
             collections.deque(maxlen=_RECORD_LIMIT)
         )
@@ -740,7 +821,10 @@ class MockBackend:
     # introspection ----------------------------------------------------------------------------
 
     def configure(self, **changes: Any) -> None:
-        """Change run-time options (latency_ms, ttft_ms, itl_ms, tokens, fail_*, seed)."""
+        """Change run-time options (latency_ms, ttft_ms, itl_ms, tokens, fail_*, seed, text, logprob).
+
+        ``text=None`` switches back to the canned answer; ``None`` leaves any other option as is.
+        """
         self._apply(msgspec.convert(changes, _ConfigPatch))
 
     def stats(self) -> dict[str, Any]:
@@ -773,8 +857,9 @@ class MockBackend:
     def _apply(self, patch: _ConfigPatch) -> None:
         for name in patch.__struct_fields__:
             value = getattr(patch, name)
-            if value is not None:
-                setattr(self.options, name, value)
+            if value is msgspec.UNSET or (value is None and name != "text"):
+                continue
+            setattr(self.options, name, value)
         if patch.seed is not None:
             self._rng.seed(patch.seed)
 
@@ -917,19 +1002,36 @@ class MockBackend:
         self, rid: bytes, model: str | None, n: int | None, body: bytes, limit: int | None
     ) -> _Answer:
         """Decide what a completion request gets: how many tokens, why it stops, usage."""
-        count = self.options.tokens
+        opts = self.options
+        count = opts.tokens
         finish = "stop"
         if limit is not None and limit < count:
             count, finish = limit, "length"
+        pieces = None
+        if opts.text is not None:
+            pieces = self._text_pieces(opts.text)
+            if len(pieces) > count:
+                pieces, finish = pieces[:count], "length"
+            else:
+                count, finish = len(pieces), "stop"
         return _Answer(
             rid,
-            _encode(model or self.options.model),
+            _encode(model or opts.model),
             int(time.time()),
             n or 1,
             _prompt_tokens(body),
             count,
             finish,
+            pieces,
         )
+
+    def _text_pieces(self, text: str) -> tuple[str, ...]:
+        """The pieces of the configured text, split once per change of the text."""
+        known, pieces = self._pieces
+        if known != text:
+            pieces = _text_pieces(text)
+            self._pieces = (text, pieces)
+        return pieces
 
     def _timing(self, slow: bool) -> tuple[float, float]:
         """Seconds before the first token and between tokens."""
@@ -1031,12 +1133,26 @@ class MockBackend:
         if tool is not None:
             answer.finish = "tool_calls"
         n = answer.n
+        # The canned answer without logprobs takes the cached paths; anything else is built here.
+        custom = tool is None and (answer.pieces is not None or bool(body.logprobs))
+        tokens = answer.pieces
+        if custom and tokens is None:
+            tokens = _answer_tokens(answer.count, json_mode)
+        logprobs = None
+        if custom and body.logprobs:
+            assert tokens is not None
+            logprobs = _logprobs_content(tokens, self.options.logprob, body.top_logprobs or 0)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             if tool is not None:
                 per_choice = [_tool_call_deltas(rid, i, tool) for i in range(n)]
                 encoded = _chat_frames(per_choice, answer.finish)  # ids differ: not cacheable
                 completion = _TOOL_CALL_TOKENS * n
+            elif tokens is not None:
+                deltas = [{"content": token} for token in tokens]
+                per_token = None if logprobs is None else [{"content": [entry]} for entry in logprobs]
+                encoded = _chat_frames([deltas] * n, answer.finish, per_token)
+                completion = answer.count * n
             else:
                 encoded = self._chat_stream_frames(n, answer.count, json_mode, answer.finish)
                 completion = answer.count * n
@@ -1054,6 +1170,16 @@ class MockBackend:
         if tool is not None:
             choices = _encode([_tool_choice(rid, i, tool) for i in range(n)])
             completion = _TOOL_CALL_TOKENS * n
+        elif tokens is not None:
+            message = {"role": "assistant", "content": "".join(tokens)}
+            document = None if logprobs is None else {"content": logprobs}
+            choices = _encode(
+                [
+                    {"index": i, "message": message, "logprobs": document, "finish_reason": answer.finish}
+                    for i in range(n)
+                ]
+            )
+            completion = answer.count * n
         else:
             choices = self._chat_choices(n, answer.count, json_mode, answer.finish)
             completion = answer.count * n
@@ -1086,16 +1212,27 @@ class MockBackend:
         except msgspec.DecodeError as exc:
             return self._bad_request(request, rid, exc)
         answer = self._answer(rid, body.model, body.n, request.body, body.max_tokens)
-        n, count = answer.n, answer.count
+        n, count, pieces = answer.n, answer.count, answer.pieces
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            key = ("text-stream", n, count, answer.finish)
-            encoded: EncodedFrames | None = self._cache.get(key)
-            if encoded is None:
-                encoded = self._remember(key, _completion_frames(n, count, answer.finish))
+            encoded: EncodedFrames | None
+            if pieces is not None:
+                encoded = _completion_frames(n, pieces, answer.finish)
+            else:
+                key = ("text-stream", n, count, answer.finish)
+                encoded = self._cache.get(key)
+                if encoded is None:
+                    frames = _completion_frames(n, _answer_tokens(count, False), answer.finish)
+                    encoded = self._remember(key, frames)
             return self._stream(
                 request, answer, b"cmpl-", b"text_completion", encoded, count * n, include_usage, slow
             )
+        if pieces is not None:
+            text = "".join(pieces)
+            documents = [
+                {"index": i, "text": text, "logprobs": None, "finish_reason": answer.finish} for i in range(n)
+            ]
+            return self._full(request, answer, b"cmpl-", b"text_completion", _encode(documents), count * n)
         key = ("text", n, count, answer.finish)
         choices = self._cache.get(key)
         if choices is None:
@@ -1306,6 +1443,18 @@ def parse_args(argv: Sequence[str] | None = None) -> MockOptions:
     )
     parser.add_argument("--fail-status", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="seed for failure injection")
+    parser.add_argument(
+        "--text",
+        default=None,
+        help="answer every completion with exactly this text (split into pieces before each run of "
+        "whitespace; --tokens and max_tokens cap the pieces) instead of the canned words",
+    )
+    parser.add_argument(
+        "--logprob",
+        type=float,
+        default=-0.05,
+        help="log-probability of every token when a chat request asks for logprobs (<= 0)",
+    )
     args = parser.parse_args(argv)
     try:
         return msgspec.convert(vars(args), MockOptions)

@@ -46,6 +46,8 @@ MOCK_DEFAULTS: dict[str, Any] = {
     "fail_mode": "status",
     "fail_status": 500,
     "seed": 0,
+    "text": None,
+    "logprob": -0.05,
 }
 
 

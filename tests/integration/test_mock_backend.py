@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import signal
 import socket
 import struct
@@ -321,6 +322,188 @@ def test_api_key_is_enforced(start: Start) -> None:
         assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
     assert right.status_code == 200
     assert "openai-processing-ms" in right.headers
+
+
+# --------------------------------------------------------------------------------------------
+# Configured answer text and logprobs
+# --------------------------------------------------------------------------------------------
+
+TEXT = "The sky is  blue today."
+PIECES = ["The", " sky", " is", "  blue", " today."]
+
+
+def stream_chunks(client: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON chunks of a stream, ``[DONE]`` checked and left out."""
+    events = data_lines(client.post(path, json=body).text)
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_text_replaces_the_canned_answer(mock: BackendHandle) -> None:
+    mock.configure(text=TEXT)
+    with client_for(mock) as client:
+        document = client.post(CHAT, json=chat_body(n=2)).json()
+        as_json = client.post(CHAT, json=chat_body(response_format={"type": "json_object"})).json()
+        legacy = client.post("/v1/completions", json={"model": "qwen-9b", "prompt": "Hi"}).json()
+        config = client.get("/_mock/config").json()
+    assert [c["message"]["content"] for c in document["choices"]] == [TEXT, TEXT]
+    assert {c["finish_reason"] for c in document["choices"]} == {"stop"}
+    assert document["usage"]["completion_tokens"] == 2 * len(PIECES)
+    assert as_json["choices"][0]["message"]["content"] == TEXT  # the text wins over JSON mode
+    assert legacy["choices"][0]["text"] == TEXT and legacy["choices"][0]["finish_reason"] == "stop"
+    assert legacy["usage"]["completion_tokens"] == len(PIECES)
+    assert config["text"] == TEXT
+
+
+def test_text_streams_as_word_pieces(mock: BackendHandle) -> None:
+    with client_for(mock) as client:
+        assert client.post("/_mock/config", json={"text": TEXT}).status_code == 200
+        usage = {"include_usage": True}
+        chunks = stream_chunks(client, CHAT, chat_body(stream=True, stream_options=usage))
+        legacy = stream_chunks(
+            client,
+            "/v1/completions",
+            {"model": "qwen-9b", "prompt": "Hi", "stream": True, "stream_options": usage},
+        )
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]] == PIECES
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == len(PIECES)
+    assert [c["choices"][0]["text"] for c in legacy[:-2]] == PIECES
+    assert legacy[-2]["choices"][0]["finish_reason"] == "stop"
+    assert legacy[-1]["usage"]["completion_tokens"] == len(PIECES)
+
+
+def test_text_is_capped_by_max_tokens_and_tokens(mock: BackendHandle) -> None:
+    mock.configure(text=TEXT)
+    usage = {"include_usage": True}
+    with client_for(mock) as client:
+        document = client.post(CHAT, json=chat_body(max_tokens=2)).json()
+        chunks = stream_chunks(client, CHAT, chat_body(max_tokens=2, stream=True, stream_options=usage))
+        exact = client.post(CHAT, json=chat_body(max_tokens=len(PIECES))).json()
+        mock.configure(tokens=3)
+        capped = client.post(CHAT, json=chat_body()).json()
+    choice = document["choices"][0]
+    assert choice["message"]["content"] == "The sky" and choice["finish_reason"] == "length"
+    assert document["usage"]["completion_tokens"] == 2
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == "The sky"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+    assert exact["choices"][0]["message"]["content"] == TEXT
+    assert exact["choices"][0]["finish_reason"] == "stop"
+    assert capped["choices"][0]["message"]["content"] == "The sky is"
+    assert capped["choices"][0]["finish_reason"] == "length"
+    assert capped["usage"]["completion_tokens"] == 3
+
+
+def test_text_none_restores_the_canned_answer(mock: BackendHandle) -> None:
+    body = chat_body(max_tokens=5)
+    with client_for(mock) as client:
+        before = client.post(CHAT, json=body).json()
+        streamed_before = client.post(CHAT, json={**body, "stream": True}).text
+        client.post("/_mock/config", json={"text": "Something else entirely."})
+        assert (
+            client.post(CHAT, json=body).json()["choices"][0]["message"]["content"]
+            != (before["choices"][0]["message"]["content"])
+        )
+        client.post("/_mock/config", json={"tokens": 16})  # other changes keep the text
+        assert client.get("/_mock/config").json()["text"] == "Something else entirely."
+        config = client.post("/_mock/config", json={"text": None}).json()
+        after = client.post(CHAT, json=body).json()
+        streamed_after = client.post(CHAT, json={**body, "stream": True}).text
+        mock.configure(text="")
+        empty = client.post(CHAT, json=body).json()
+        empty_chunks = stream_chunks(client, CHAT, {**body, "stream": True})
+        mock.configure(text=None)
+        again = client.post(CHAT, json=body).json()
+    assert config["text"] is None
+    for document in (after, again):
+        assert document["choices"] == before["choices"]
+        assert document["usage"] == before["usage"]
+    strip_ids = [{**json.loads(e), "id": "", "created": 0} for e in data_lines(streamed_before)[:-1]]
+    assert [{**json.loads(e), "id": "", "created": 0} for e in data_lines(streamed_after)[:-1]] == strip_ids
+    assert empty["choices"][0]["message"]["content"] == ""
+    assert empty["usage"]["completion_tokens"] == 0
+    assert [c["choices"][0]["delta"] for c in empty_chunks] == [{"role": "assistant", "content": ""}, {}]
+
+
+def test_logprobs_only_when_asked(mock: BackendHandle) -> None:
+    mock.configure(text=TEXT)
+    with client_for(mock) as client:
+        plain = client.post(CHAT, json=chat_body()).json()
+        plain_chunks = stream_chunks(client, CHAT, chat_body(stream=True))
+        off = client.post(CHAT, json=chat_body(logprobs=False)).json()
+    assert plain["choices"][0]["logprobs"] is None and off["choices"][0]["logprobs"] is None
+    assert all(c["choices"][0]["logprobs"] is None for c in plain_chunks)
+
+
+def test_logprobs_carry_the_configured_value(mock: BackendHandle) -> None:
+    with client_for(mock) as client:
+        canned = client.post(CHAT, json=chat_body(n=2, logprobs=True)).json()
+        mock.configure(text=TEXT, logprob=-2.5)
+        unsure = client.post(CHAT, json=chat_body(logprobs=True, max_tokens=4)).json()
+        config = client.get("/_mock/config").json()
+    content = canned["choices"][0]["message"]["content"]
+    for choice in canned["choices"]:
+        entries = choice["logprobs"]["content"]
+        assert "".join(e["token"] for e in entries) == content and len(entries) == 16
+        assert {e["logprob"] for e in entries} == {-0.05}
+        assert all(bytes(e["bytes"]) == e["token"].encode() and e["top_logprobs"] == [] for e in entries)
+    entries = unsure["choices"][0]["logprobs"]["content"]
+    assert [e["token"] for e in entries] == PIECES[:4]
+    assert {e["logprob"] for e in entries} == {-2.5}
+    assert config["logprob"] == -2.5
+
+
+def test_streamed_logprobs_come_per_chunk(mock: BackendHandle) -> None:
+    mock.configure(text=TEXT, logprob=-1.0)
+    with client_for(mock) as client:
+        chunks = stream_chunks(client, CHAT, chat_body(stream=True, n=2, logprobs=True))
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        content = choice["delta"].get("content")
+        if not content:  # the role and finish frames
+            assert choice["logprobs"] is None
+            continue
+        (entry,) = choice["logprobs"]["content"]
+        assert entry["token"] == content and entry["logprob"] == -1.0
+        assert bytes(entry["bytes"]) == content.encode()
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        for entry in (chunk["choices"][0]["logprobs"] or {"content": []})["content"]:
+            texts[chunk["choices"][0]["index"]] += entry["token"]
+    assert texts == {0: TEXT, 1: TEXT}
+
+
+def test_top_logprobs_list_the_chosen_token_and_alternatives(mock: BackendHandle) -> None:
+    with client_for(mock) as client:
+        sure = client.post(CHAT, json=chat_body(logprobs=True, top_logprobs=3, max_tokens=2)).json()
+        mock.configure(logprob=-2.5)
+        chunks = stream_chunks(client, CHAT, chat_body(stream=True, logprobs=True, top_logprobs=4))
+        too_many = client.post(CHAT, json=chat_body(logprobs=True, top_logprobs=21))
+    for entry in sure["choices"][0]["logprobs"]["content"]:
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and len({t["token"] for t in top}) == 3
+        assert top[0] == {"token": entry["token"], "logprob": -0.05, "bytes": entry["bytes"]}
+        assert sum(math.exp(t["logprob"]) for t in top) == pytest.approx(1.0)
+    (entry,) = chunks[1]["choices"][0]["logprobs"]["content"]
+    top = entry["top_logprobs"]
+    assert len(top) == 4 and entry["logprob"] == -2.5
+    assert top[-1]["token"] == entry["token"]  # an unsure model: the alternatives are likelier
+    assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+    assert too_many.status_code == 400
+
+
+def test_text_and_logprob_options_are_validated(mock: BackendHandle) -> None:
+    with client_for(mock) as client:
+        positive = client.post("/_mock/config", json={"logprob": 0.5})
+        wrong_type = client.post("/_mock/config", json={"text": 3})
+    assert positive.status_code == 400 and wrong_type.status_code == 400
+    with pytest.raises(Exception, match="logprob"):
+        MockBackend(logprob=1.0)
+    options = parse_args(["--text", "Yes it is.", "--logprob", "-2.5"])
+    assert options.text == "Yes it is." and options.logprob == -2.5
+    assert parse_args([]).text is None and parse_args([]).logprob == -0.05
 
 
 # --------------------------------------------------------------------------------------------
