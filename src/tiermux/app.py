@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import msgspec
 
@@ -19,13 +20,17 @@ from tiermux._speedups import jsonscan
 from tiermux.accounting.budget import Budgets
 from tiermux.accounting.ledger import Ledger
 from tiermux.api.auth import Authenticator
-from tiermux.api.errors import MethodNotAllowed, NotFound, ProxyError
+from tiermux.api.errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList, encode_decision
 from tiermux.cache.responses import ResponseCache
 from tiermux.cache.shared import SharedCache
 from tiermux.config import Config, is_loopback, load_config
 from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
+from tiermux.quality import request_ids
+from tiermux.quality.checker import QualityChecker
+from tiermux.quality.window import QualityWindow
+from tiermux.routing.categories import CATEGORIES
 from tiermux.routing.router import Router
 from tiermux.state import budget_store, open_segment
 from tiermux.state.redis_health import RedisHealthMirror
@@ -87,6 +92,15 @@ class TiermuxApp:
             self.health.publish_in_flight(self.metrics.cells, cells)
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
         self._observing = self.metrics is not None or self.access_log is not None
+        self.quality: QualityChecker | None = None
+        if config.quality.enabled:
+            window = QualityWindow(
+                self.segment.cells("quality"), config.quality.window, config.quality.window_minutes
+            )
+            self.quality = QualityChecker(
+                config, window, self.backends, self.ledger, lambda chain: self.health.plan(chain)[0]
+            )
+            self.router.promoted = window.promoted
         self.forwarder = Forwarder(
             self.router,
             self.backends,
@@ -96,6 +110,7 @@ class TiermuxApp:
             self.budgets,
             self.cache,
             self.metrics,
+            self.quality,
         )
         # Probes stay open to the orchestrator; /v1 and /stats need a key when keys are set, and
         # the admin endpoints an admin key (or, without admin keys, a loopback listener).
@@ -110,6 +125,7 @@ class TiermuxApp:
             "/v1/completions": {"POST": lambda s, r, w: forward("/completions", s, r, w)},
             "/v1/embeddings": {"POST": lambda s, r, w: forward("/embeddings", s, r, w)},
             "/v1/route": {"POST": self._route},
+            "/v1/feedback": {"POST": self._feedback},
             "/v1/models": {"GET": self._models},
             "/v1/backends": {"GET": self._backends},
             "/stats": {"GET": self._stats},
@@ -224,6 +240,31 @@ class TiermuxApp:
         confidence = self.router.tier_confidence(decision)
         await _send_json(send, 200, encode_decision(decision, first.name, first.config.model, confidence))
 
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A client's score of an answer (by its ``X-Tiermux-Request-Id``), added to its
+        category's quality window when that answer came from a tier the safety net checks."""
+        body = await self.forwarder.receive_body(receive)
+        try:
+            feedback = _decode_feedback(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadRequest(f"Invalid feedback: {exc}") from None
+        named = request_ids.decode(feedback.request_id)
+        if named is None or named[0] not in CATEGORIES:
+            raise BadRequest("request_id is not one tiermux gave", param="request_id")
+        category, tier = named
+        quality = self.quality
+        recorded = quality is not None and tier in quality.watched
+        if recorded:
+            assert quality is not None
+            quality.feedback(category, feedback.score)
+        answer = {
+            "object": "tiermux.feedback",
+            "request_id": feedback.request_id,
+            "category": category,
+            "recorded": recorded,  # false: that tier's answers are not what the safety net checks
+        }
+        await _send_json(send, 200, msgspec.json.encode(answer))
+
     async def _backends(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Each backend's health, shared by every worker of this serve."""
         body = msgspec.json.encode({"object": "list", "data": self.health.snapshot()})
@@ -235,13 +276,16 @@ class TiermuxApp:
         stats = self.ledger.snapshot()
         stats["budgets"] = await self.budgets.snapshot()
         stats["cache"] = self.cache.snapshot()
+        if self.quality is not None:
+            stats["quality"] = self.quality.window.snapshot()
         await _send_json(send, 200, msgspec.json.encode(stats))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Prometheus metrics, summed over every worker of this serve."""
         if self.metrics is None:
             raise NotFound("metrics are disabled (metrics.enabled: false)")
-        body = await render(self.metrics, self.ledger, self.health, self.cache, self.budgets)
+        window = self.quality.window if self.quality is not None else None
+        body = await render(self.metrics, self.ledger, self.health, self.cache, self.budgets, window)
         await _send_json(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -276,6 +320,8 @@ class TiermuxApp:
     async def aclose(self) -> None:
         await self.health.close()
         await self.cache.aclose()
+        if self.quality is not None:
+            await self.quality.aclose()
         if self.metrics is not None:
             self.metrics.release_slot()
         if self.access_log is not None:
@@ -287,6 +333,14 @@ class TiermuxApp:
         self.forwarder.disconnects.close()
         for backend in self.backends.values():
             await backend.aclose()
+
+
+class _Feedback(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: str
+    score: Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+_decode_feedback = msgspec.json.Decoder(_Feedback).decode
 
 
 class _AdminClosed(ProxyError):

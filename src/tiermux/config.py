@@ -246,6 +246,41 @@ class CacheConfig(_Strict, frozen=True):
     """Answers larger than this stay in the worker's own cache."""
 
 
+class QualityConfig(_Strict, frozen=True):
+    """The quality safety net: a share of the answers of tiers cheaper than the ``reference``
+    backend's is asked again of that backend after the client has its answer, in the background,
+    and scored against its answer; a category whose windowed score falls below ``threshold`` is
+    promoted to the next tier until it recovers."""
+
+    enabled: bool = False
+    reference: str | None = None
+    """The backend whose answers count as right (required when enabled)."""
+    sample_rate: Probability = 0.05
+    """Share of cheap answers checked; answers that fail a cheap check (empty, a refusal, not
+    the JSON asked for) are always checked."""
+    sample_rates: dict[str, Probability] = {}
+    """Per-category shares, overriding ``sample_rate``."""
+    threshold: Probability = 0.6
+    """A category whose windowed mean score falls below this is promoted."""
+    hysteresis: Probability = 0.1
+    """A promoted category returns when its score is back above ``threshold`` plus this."""
+    window: PositiveInt = 50
+    """The last N scores of a category..."""
+    window_minutes: PositiveFloat = 60.0
+    """...that are younger than this."""
+    min_samples: PositiveInt = 10
+    """Scores a window needs before it can promote or return a category."""
+    shadow_rate: Probability = 0.25
+    """While a category is promoted, the share of its requests also asked of its own tier in
+    the background, to see whether that tier has recovered."""
+    queue_size: PositiveInt = 256
+    """Checks waiting per worker; past this they are dropped (and counted), never waited for."""
+    concurrency: PositiveInt = 2
+    """Reference calls in flight per worker."""
+    service: str = "quality"
+    """The service reference calls are booked to (it shows in /stats and budgets like any other)."""
+
+
 class MetricsConfig(_Strict, frozen=True):
     """``GET /metrics`` (Prometheus text), an admin endpoint like ``/stats``."""
 
@@ -282,6 +317,7 @@ class Config(_Strict, frozen=True):
     budgets: BudgetsConfig = BudgetsConfig()
     state: StateConfig = StateConfig()
     cache: CacheConfig = CacheConfig()
+    quality: QualityConfig = QualityConfig()
     metrics: MetricsConfig = MetricsConfig()
     access_log: AccessLogConfig = AccessLogConfig()
 
@@ -300,7 +336,10 @@ class Config(_Strict, frozen=True):
     @property
     def service_names(self) -> list[str]:
         """Every service, ``default`` first (it may be configured too, for its budget)."""
-        return [DEFAULT_SERVICE, *(name for name in self.services if name != DEFAULT_SERVICE)]
+        names = [DEFAULT_SERVICE, *(name for name in self.services if name != DEFAULT_SERVICE)]
+        if self.quality.enabled and self.quality.service not in names:
+            names.append(self.quality.service)
+        return names
 
     @property
     def budget_rules(self) -> dict[str, BudgetConfig]:
@@ -464,6 +503,24 @@ def _check_budgets_state_cache_and_log(config: Config, source: str) -> None:
         raise ConfigError(source, "$.state.url", "a url is only used with backend: redis")
     if not state.prefix or any(c in state.prefix for c in " {}\r\n"):
         raise ConfigError(source, "$.state.prefix", "expected a non-empty name without spaces or braces")
+    from tiermux.routing.categories import CATEGORIES
+
+    quality = config.quality
+    if quality.enabled:
+        names = {backend.name for backend in config.backends}
+        if quality.reference is None:
+            raise ConfigError(
+                source, "$.quality.reference", "name the reference backend (required when enabled)"
+            )
+        if quality.reference not in names:
+            raise ConfigError(source, "$.quality.reference", f"unknown backend {quality.reference!r}")
+    for category in config.quality.sample_rates:
+        if category not in CATEGORIES:
+            raise ConfigError(
+                source,
+                f"$.quality.sample_rates.{category}",
+                f"unknown category; expected one of {', '.join(CATEGORIES)}",
+            )
     log = config.access_log.path
     if config.access_log.enabled and log is not None and not Path(log).parent.is_dir():
         raise ConfigError(source, "$.access_log.path", f"the directory of {log!r} does not exist")

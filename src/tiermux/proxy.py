@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -46,6 +47,8 @@ from tiermux.cache.replay import ReplayError, assemble, replay
 from tiermux.cache.responses import Asked, Mode, Outcome, ResponseCache, complete
 from tiermux.cache.store import Entry
 from tiermux.config import DEFAULT_SERVICE
+from tiermux.quality import request_ids
+from tiermux.quality.checker import QualityChecker
 from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
 from tiermux.routing.router import Decision, Router
 from tiermux.telemetry.metrics import NONE, PINNED, Metrics
@@ -66,6 +69,7 @@ logger = logging.getLogger("tiermux.proxy")
 # Where the app leaves the service of the request's key, for the handlers.
 SERVICE_SCOPE_KEY = "tiermux.service"
 SERVICE_HEADER = b"x-tiermux-service"
+REQUEST_ID_HEADER = b"x-tiermux-request-id"
 
 
 class ClientDisconnected(Exception):
@@ -98,9 +102,13 @@ class Forwarder:
         budgets: Budgets,
         cache: ResponseCache | None = None,
         metrics: Metrics | None = None,
+        quality: QualityChecker | None = None,
     ) -> None:
         self.router = router
         self.metrics = metrics
+        self.quality = quality
+        self._id_prefix = os.urandom(5).hex()
+        self._answers = 0
         self._tiers = frozenset(router.config.tiers)
         self.cache = cache if cache is not None and cache.enabled else None
         self.backends = backends
@@ -190,6 +198,11 @@ class Forwarder:
             cache.count(Outcome.BYPASS)
             await self._route_and_answer(endpoint, body, record, scope, receive, send, Outcome.BYPASS.header)
             return
+        if self.quality is not None:  # promotions change routing: forget routes decided before
+            epoch = self.quality.window.epoch()
+            if epoch != cache.routes_epoch:
+                cache.routes.clear()
+                cache.routes_epoch = epoch
         if mode is Mode.USE and await self._known_hit(asked, endpoint, body, record, send):
             return
         decision, request = self._route(endpoint, body, scope)
@@ -271,22 +284,30 @@ class Forwarder:
             record.backend = backend.name
             record.status = response.status
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
+            headers.append(self._request_id(record))
             if cache_header is not None:
                 headers.append(cache_header)
                 record.cache = cache_header[1].decode()
+            watching = self._watching(decision, request, backend)
             if payload is not None:
                 if response.status < 400:
                     self._book(record, backend, decision, usage_of(payload), reservation)
+                if watching and response.status == 200:
+                    self._hand_over(decision, endpoint, body, request, payload, streamed=False)
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
                 return
             tap = UsageTap(strip_usage)
+            kept: list[bytes] | None = [] if watching and response.status == 200 else None
+            whole = False
             try:
-                await self._relay_stream(response, headers, send, backend.name, tap, record)
+                whole = await self._relay_stream(response, headers, send, backend.name, tap, record, kept)
             finally:
                 self.health.finished(backend.name)
                 if response.status < 400:
                     self._book(record, backend, decision, tap.usage, reservation)
+            if kept is not None and whole:
+                self._hand_over(decision, endpoint, body, request, b"".join(kept), streamed=True)
 
     # --- answers paid for once ---------------------------------------------------------------
 
@@ -416,6 +437,8 @@ class Forwarder:
             if status == 200 and complete(payload):
                 self._keep(call, backend, payload, usage)
             flight.finish(payload)
+            if status == 200 and self._watching(decision, call.request, backend):
+                self._hand_over(decision, call.endpoint, call.body, call.request, payload, streamed=False)
             return
         flight.answer(Head(status, headers, backend, decision, streamed=True))
         tap = UsageTap(False)
@@ -444,6 +467,8 @@ class Forwarder:
         if answer is not None:
             self._keep(call, backend, answer, tap.usage)
         flight.finish(answer, broken)
+        if answer is not None and self._watching(decision, call.request, backend):
+            self._hand_over(decision, call.endpoint, call.body, call.request, answer, streamed=False)
 
     def _land(self, flight: Flight, entry: Entry, decision: Decision) -> None:
         """End a flight with a kept answer instead of a call."""
@@ -478,33 +503,36 @@ class Forwarder:
         record.backend = head.backend.name
         record.status = head.status
         self._note(record, head.decision)
+        added = [outcome.header, self._request_id(record)]
         if head.streamed and form.stream:
-            await self._fan_out(flight, head, outcome, form, send, record)
+            await self._fan_out(flight, head, added, form, send, record)
         else:
             await flight.finished()
             payload = flight.payload
             if payload is None and head.status >= 400:  # an error told as a stream: relayed as it came
-                await _send_answer(
-                    send, head.status, [*head.headers, outcome.header], b"".join(flight.chunks)
-                )
+                await _send_answer(send, head.status, [*head.headers, *added], b"".join(flight.chunks))
             elif payload is None:
                 raise flight.broken or BadGateway("the backend's stream could not be read as one answer")
             elif form.stream and head.status == 200:
-                await self._send_replay(payload, head.backend, head.decision, form, [outcome.header], send)
+                await self._send_replay(payload, head.backend, head.decision, form, added, send)
             else:
                 headers = head.headers if not head.streamed else self._json_headers(head)
-                await _send_answer(send, head.status, [*headers, outcome.header], payload)
+                await _send_answer(send, head.status, [*headers, *added], payload)
         if outcome is not Outcome.MISS and head.status < 400:
             self._book_free(record, head.backend, head.decision, flight.usage)
 
     async def _fan_out(
-        self, flight: Flight, head: Head, outcome: Outcome, form: _Form, send: Send, record: RequestRecord
+        self,
+        flight: Flight,
+        head: Head,
+        added: list[tuple[bytes, bytes]],
+        form: _Form,
+        send: Send,
+        record: RequestRecord,
     ) -> None:
         """A stream, chunk by chunk as the flight gets them; the usage chunk only if asked for."""
         tap = UsageTap(not form.include_usage)
-        await send(
-            {"type": "http.response.start", "status": head.status, "headers": [*head.headers, outcome.header]}
-        )
+        await send({"type": "http.response.start", "status": head.status, "headers": [*head.headers, *added]})
         async for chunk in flight.stream():
             chunk = tap.feed(chunk)
             if chunk:
@@ -522,7 +550,11 @@ class Forwarder:
         record.cache = Outcome.HIT.name
         record.backend = backend.name
         record.status = 200
-        added = [Outcome.HIT.header, (b"age", str(max(0, int(time.time() - entry.created))).encode())]
+        added = [
+            Outcome.HIT.header,
+            (b"age", str(max(0, int(time.time() - entry.created))).encode()),
+            self._request_id(record),
+        ]
         self._book_free(record, backend, decision, entry.usage)
         if form.stream:
             await self._send_replay(entry.body, backend, decision, form, added, send)
@@ -669,6 +701,45 @@ class Forwarder:
             return backend, response, payload
         raise failure or BadGateway("no backend of the chain could answer")
 
+    def _request_id(self, record: RequestRecord) -> tuple[bytes, bytes]:
+        """The ``X-Tiermux-Request-Id`` of an answer, made once routing is known: it carries the
+        category and tier (so that feedback on it needs no lookup), then this worker's prefix
+        and a count (unique across workers and restarts)."""
+        self._answers += 1
+        request_id = request_ids.encode(record.category, record.tier, f"{self._id_prefix}{self._answers:x}")
+        record.request_id = request_id
+        return (REQUEST_ID_HEADER, request_id.encode())
+
+    def _watching(self, decision: Decision, request: RequestText | None, backend: Backend) -> bool:
+        """Whether the quality safety net wants this answer: a classified request answered by a
+        tier it watches (not by the reference itself), or by the tier its promoted category was
+        lifted to."""
+        quality = self.quality
+        if quality is None or request is None or decision.classification is None or decision.pinned:
+            return False
+        if decision.promoted_from is not None:
+            return True
+        return decision.tier in quality.watched and backend is not quality.reference
+
+    def _hand_over(
+        self,
+        decision: Decision,
+        endpoint: str,
+        body: bytes,
+        request: RequestText | None,
+        answer: bytes,
+        streamed: bool,
+    ) -> None:
+        quality = self.quality
+        assert quality is not None and decision.classification is not None and request is not None
+        category = decision.classification.category
+        if decision.promoted_from is not None:
+            quality.shadow(
+                category, decision.promoted_from, endpoint, body, answer, streamed, request.json_mode
+            )
+        else:
+            quality.observe(category, decision.tier, endpoint, body, answer, streamed, request.json_mode)
+
     def _answered(self, backend: str, seconds: float) -> None:
         self.health.record_success(backend, seconds)
         if self.metrics is not None:
@@ -682,8 +753,10 @@ class Forwarder:
         backend: str,
         tap: UsageTap,
         record: RequestRecord,
-    ) -> None:
-        """Relay chunk by chunk as they arrive; a broken stream ends with an SSE error event."""
+        kept: list[bytes] | None = None,
+    ) -> bool:
+        """Relay chunk by chunk as they arrive (keeping them in ``kept`` too); a broken stream ends
+        with an SSE error event. Whether the stream came whole."""
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             while True:
@@ -694,15 +767,19 @@ class Forwarder:
                     self.health.record_failure(backend, f"stream broke: {exc}")
                     error = BadGateway(f"the backend stream broke: {exc}")
                     await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
-                    break
+                    await send({"type": "http.response.body", "body": tap.finish()})
+                    return False
                 if not chunk:
                     break
+                if kept is not None:
+                    kept.append(chunk)
                 chunk = tap.feed(chunk)
                 if chunk:
                     if record.first_token is None:
                         self._first_token(record)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": tap.finish()})
+            return True
         finally:
             response.close()  # an unfinished answer (the client left) costs its connection
 

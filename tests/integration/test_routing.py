@@ -185,6 +185,7 @@ def test_embeddings_carry_tier_and_backend_only(classified: ProxyClient) -> None
     assert response.status_code == 200
     headers = _routing_headers(response)
     assert headers.pop("x-tiermux-cache") == "MISS"  # embeddings are always reproducible
+    assert headers.pop("x-tiermux-request-id").startswith("tmx-none-cheap-")
     assert headers == {"x-tiermux-tier": "cheap", "x-tiermux-backend": "local-9b"}
 
 

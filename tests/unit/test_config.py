@@ -651,6 +651,10 @@ def test_the_default_service_may_have_a_budget() -> None:
             "does not exist",
         ),
         ({"metrics": {"enabled": "yes"}}, "$.metrics.enabled", ""),
+        ({"quality": {"enabled": True}}, "$.quality.reference", "required when enabled"),
+        ({"quality": {"enabled": True, "reference": "nope"}}, "$.quality.reference", "unknown backend"),
+        ({"quality": {"sample_rates": {"poetry": 0.5}}}, "$.quality.sample_rates.poetry", "unknown category"),
+        ({"quality": {"sample_rate": 1.5}}, "$.quality.sample_rate", ""),
     ],
     ids=[
         "timezone",
@@ -666,6 +670,10 @@ def test_the_default_service_may_have_a_budget() -> None:
         "cache-typo",
         "access-log-directory",
         "metrics-type",
+        "quality-without-reference",
+        "quality-unknown-reference",
+        "quality-unknown-category",
+        "quality-rate",
     ],
 )
 def test_budget_and_state_errors_name_the_field(extra: dict[str, object], field: str, message: str) -> None:

@@ -119,6 +119,7 @@ class ResponseCache:
         # holds, and the model and routing headers are in it): its decision, once made, lets a
         # hit skip classification.
         self.routes: dict[bytes, Decision] = {}
+        self.routes_epoch = 0  # of the quality promotions they were decided under
         self._cells = cells
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ for) and the policy (which tier that needs), plus the per-request overrides a co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tiermux.api.errors import BadRequest
 from tiermux.config import Config
@@ -26,7 +26,15 @@ CATEGORY_HEADER = b"x-tiermux-category"
 class Decision:
     """Where one request goes, and why."""
 
-    __slots__ = ("backends", "classification", "downgraded_from", "pinned", "reasons", "tier")
+    __slots__ = (
+        "backends",
+        "classification",
+        "downgraded_from",
+        "pinned",
+        "promoted_from",
+        "reasons",
+        "tier",
+    )
 
     def __init__(
         self,
@@ -36,6 +44,7 @@ class Decision:
         reasons: tuple[str, ...],
         pinned: bool = False,
         downgraded_from: str | None = None,
+        promoted_from: str | None = None,
     ) -> None:
         self.tier = tier
         self.backends = backends
@@ -43,6 +52,7 @@ class Decision:
         self.reasons = reasons
         self.pinned = pinned
         self.downgraded_from = downgraded_from  # the tier routing chose, when a budget overruled it
+        self.promoted_from = promoted_from  # the category's own tier, while quality promotes it
 
     def __repr__(self) -> str:
         category = self.classification.category if self.classification else None
@@ -62,6 +72,9 @@ class Router:
         self.classifier = classifier if settings.enabled else None
         self.allow_overrides = config.routing.allow_header_override
         self._chains = {tier: tuple(chain) for tier, chain in config.tiers.items()}
+        self._next_tier = dict(zip(config.tiers, list(config.tiers)[1:], strict=False))
+        # Whether the quality safety net has promoted a category (set when it is on).
+        self.promoted: Callable[[str], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<Router {self.policy!r} classifier={self.classifier!r}>"
@@ -109,9 +122,18 @@ class Router:
             tier, reasons = self.policy.decide(classification, route.floor)
         else:
             tier, reasons = route.tier, ("default_tier",)
+        promoted_from = None
+        if (
+            self.promoted is not None
+            and classification is not None
+            and tier_override is None
+            and tier in self._next_tier
+            and self.promoted(classification.category)
+        ):
+            promoted_from, tier, reasons = tier, self._next_tier[tier], (*reasons, "quality_promoted")
         if tier_override is not None:
             tier, reasons = tier_override, (*reasons, "header_tier")
-        return Decision(tier, self._chains[tier], classification, reasons)
+        return Decision(tier, self._chains[tier], classification, reasons, promoted_from=promoted_from)
 
 
 def _overrides(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:

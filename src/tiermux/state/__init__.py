@@ -33,6 +33,7 @@ CACHE_FIELDS = 8
 
 def layout_for(config: Config) -> Layout:
     from tiermux.accounting.ledger import ledger_cells
+    from tiermux.quality.window import window_cells
     from tiermux.telemetry.metrics import metrics_cells
 
     names = [backend.name for backend in config.backends]
@@ -43,6 +44,7 @@ def layout_for(config: Config) -> Layout:
             "budgets": budget_cells(len(config.service_names)),
             "cache": CACHE_FIELDS,
             "metrics": metrics_cells(config),
+            "quality": window_cells(config.quality.window),
         },
         [
             f"backends={','.join(names)}",

@@ -9,10 +9,12 @@ in-flight requests. Money is in USD as a float; the books keep exact integers un
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from tiermux.accounting.budget import Budgets
 from tiermux.accounting.ledger import BASELINE, CACHED, COST, INPUT, OUTPUT, PICO, Ledger
 from tiermux.cache.responses import ResponseCache
+from tiermux.quality.window import QualityWindow
 from tiermux.telemetry.metrics import BUCKETS, Histogram, Metrics
 from tiermux.upstream.health import Health
 
@@ -69,7 +71,12 @@ def _sum_by(rows: Iterable[tuple[tuple[str, ...], int]]) -> dict[tuple[str, ...]
 
 
 async def render(
-    metrics: Metrics, ledger: Ledger, health: Health, cache: ResponseCache, budgets: Budgets
+    metrics: Metrics,
+    ledger: Ledger,
+    health: Health,
+    cache: ResponseCache,
+    budgets: Budgets,
+    quality: QualityWindow | None = None,
 ) -> bytes:
     out = _Writer()
 
@@ -155,4 +162,39 @@ async def render(
     out.family("tiermux_backend_in_flight", "gauge", "Requests in flight to a backend, over all workers.")
     for name, count in metrics.in_flight().items():
         out.sample("tiermux_backend_in_flight", count, backend=name)
+    if quality is not None:
+        _quality(out, quality)
     return out.text()
+
+
+_QUALITY_COUNTERS = {
+    "samples": "Cheap answers scored against the reference.",
+    "shadow_samples": "A promoted category's own tier, asked in the background and scored.",
+    "check_failures": "Cheap answers that failed a cheap check (empty, a refusal, not the JSON asked for).",
+    "feedback": "Scores sent by clients to /v1/feedback.",
+    "promotions": "Times a category was promoted to the next tier for its quality.",
+    "recoveries": "Times a promoted category returned to its own tier.",
+}
+
+
+def _quality(out: _Writer, quality: QualityWindow) -> None:
+    state = quality.snapshot()
+    rows: dict[str, dict[str, Any]] = state["categories"]  # type: ignore[assignment]
+    out.family("tiermux_quality_score", "gauge", "Windowed mean score of a category's checked answers (0-1).")
+    for category, row in rows.items():
+        if row["score"] is not None:
+            out.sample("tiermux_quality_score", row["score"], category=category)
+    out.family("tiermux_quality_window_samples", "gauge", "Scores in a category's window.")
+    for category, row in rows.items():
+        out.sample("tiermux_quality_window_samples", row["window_samples"], category=category)
+    out.family("tiermux_quality_promoted", "gauge", "1 while a category is promoted to the next tier.")
+    for category, row in rows.items():
+        out.sample("tiermux_quality_promoted", int(row["promoted"]), category=category)
+    for counter, help_text in _QUALITY_COUNTERS.items():
+        out.family(f"tiermux_quality_{counter}_total", "counter", help_text)
+        for category, row in rows.items():
+            out.sample(f"tiermux_quality_{counter}_total", row[counter], category=category)
+    out.family(
+        "tiermux_quality_dropped_total", "counter", "Checks dropped because a worker's queue was full."
+    )
+    out.sample("tiermux_quality_dropped_total", int(state["dropped"]))  # type: ignore[call-overload]

@@ -20,6 +20,7 @@ class RequestRecord:
         "first_token",
         "input_tokens",
         "output_tokens",
+        "request_id",
         "service",
         "started",
         "status",
@@ -38,6 +39,7 @@ class RequestRecord:
         self.output_tokens = 0
         self.cost = 0  # pico-USD
         self.first_token: float | None = None  # seconds after ``started``, for streams
+        self.request_id: str | None = None
 
     def __repr__(self) -> str:
         return f"<RequestRecord {self.status} {self.tier}/{self.backend} {self.category} cache={self.cache}>"

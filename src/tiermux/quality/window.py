@@ -1,0 +1,128 @@
+"""Each category's recent quality scores and whether it is promoted, in the shared segment, so that
+every worker of a ``serve`` adds to and reads the same window.
+
+Per category: a ring of the last ``size`` scores (each in milli-points with the time it was taken;
+a slot is claimed with one atomic add on the head, so workers never write the same slot), the
+promotion state (the epoch millisecond it was promoted at, 0 when it is not), and counters. The
+windowed mean is the mean of the ring's scores younger than ``minutes``. One global epoch cell
+changes whenever any category is promoted or recovers, so that what was decided under the old
+state (the cache's remembered routes) can be dropped at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from tiermux._speedups import atomics
+from tiermux.routing.categories import CATEGORIES
+
+__all__ = ["COUNTERS", "QualityWindow", "window_cells"]
+
+HEAD, PROMOTED_AT = 0, 1
+COUNTERS = (
+    "samples",
+    "check_failures",
+    "shadow_samples",
+    "feedback",
+    "promotions",
+    "recoveries",
+    "escalations",
+)
+_FIRST_COUNTER = 2
+_RING = _FIRST_COUNTER + len(COUNTERS)
+EPOCH, DROPPED = 0, 1  # global cells, before the categories
+_GLOBAL = 2
+
+
+def window_cells(size: int) -> int:
+    return _GLOBAL + len(CATEGORIES) * (_RING + 2 * size)
+
+
+class QualityWindow:
+    def __init__(self, cells: atomics.Cells, size: int, minutes: float) -> None:
+        if cells.count < window_cells(size):
+            raise ValueError("not enough cells for the quality window")
+        self._cells = cells
+        self.size = size
+        self.span_ms = int(minutes * 60_000)
+        stride = _RING + 2 * size
+        self._base = {name: _GLOBAL + i * stride for i, name in enumerate(CATEGORIES)}
+
+    def __repr__(self) -> str:
+        return f"<QualityWindow size={self.size} promoted={self.promoted_categories()}>"
+
+    def add(self, category: str, score: float, counter: str = "samples", now: float | None = None) -> None:
+        """One score in [0, 1], counted under ``counter``."""
+        base = self._base[category]
+        cells = self._cells
+        slot = (cells.add(base + HEAD, 1) - 1) % self.size
+        at = base + _RING + 2 * slot
+        cells.store(at, int(time.time() * 1000 if now is None else now * 1000))
+        cells.store(at + 1, 1 + round(max(0.0, min(1.0, score)) * 1000))  # 0 marks an empty slot
+        self.count(category, counter)
+
+    def count(self, category: str, counter: str, n: int = 1) -> None:
+        self._cells.add(self._base[category] + _FIRST_COUNTER + COUNTERS.index(counter), n)
+
+    def dropped(self, n: int = 1) -> None:
+        self._cells.add(DROPPED, n)
+
+    def mean(self, category: str, now: float | None = None) -> tuple[float | None, int]:
+        """The windowed mean score and how many scores it is over."""
+        base = self._base[category] + _RING
+        cutoff = int((time.time() if now is None else now) * 1000) - self.span_ms
+        load = self._cells.load
+        total = count = 0
+        for slot in range(self.size):
+            value = load(base + 2 * slot + 1)
+            if value and load(base + 2 * slot) >= cutoff:
+                total += value - 1
+                count += 1
+        return (total / count / 1000 if count else None), count
+
+    # --- promotion ----------------------------------------------------------------------------
+
+    def promoted(self, category: str) -> bool:
+        return self._cells.load(self._base[category] + PROMOTED_AT) != 0
+
+    def promoted_categories(self) -> list[str]:
+        return [name for name in CATEGORIES if self.promoted(name)]
+
+    def epoch(self) -> int:
+        return self._cells.load(EPOCH)
+
+    def promote(self, category: str, now: float | None = None) -> bool:
+        """Mark ``category`` promoted; whether this call did (another worker may have first)."""
+        at = int((time.time() if now is None else now) * 1000)
+        if self._cells.compare_exchange(self._base[category] + PROMOTED_AT, 0, at):
+            self.count(category, "promotions")
+            self._cells.add(EPOCH, 1)
+            return True
+        return False
+
+    def recover(self, category: str) -> bool:
+        """Mark ``category`` back on its own tier; whether this call did."""
+        at = self._cells.load(self._base[category] + PROMOTED_AT)
+        if at and self._cells.compare_exchange(self._base[category] + PROMOTED_AT, at, 0):
+            self.count(category, "recoveries")
+            self._cells.add(EPOCH, 1)
+            return True
+        return False
+
+    def snapshot(self, categories: Sequence[str] = CATEGORIES) -> dict[str, object]:
+        load = self._cells.load
+        rows: dict[str, object] = {}
+        for name in categories:
+            base = self._base[name]
+            mean, window = self.mean(name)
+            promoted_at = load(base + PROMOTED_AT)
+            row: dict[str, object] = {
+                "score": None if mean is None else round(mean, 4),
+                "window_samples": window,
+                "promoted": promoted_at != 0,
+                "promoted_since": promoted_at / 1000 if promoted_at else None,
+            }
+            row.update({counter: load(base + _FIRST_COUNTER + i) for i, counter in enumerate(COUNTERS)})
+            rows[name] = row
+        return {"dropped": load(DROPPED), "categories": rows}

@@ -1,0 +1,201 @@
+"""The quality safety net through the proxy: cheap answers checked against a reference backend in
+the background, categories promoted when their quality drops and returned when it recovers, and
+client feedback. The mocks are made to agree or differ with a configured answer text."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from bench.mock_backend import BackendHandle
+from tests.support import ProxyClient
+
+AGREED = "The invoice total is 42 euros, due on 1 March."
+OTHER = "Bananas are yellow and grow in bunches on tall plants."
+EXTRACTION = {"x-tiermux-category": "extraction"}
+
+
+def quality(**settings: Any) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "reference": "frontier",
+        "sample_rate": 1.0,
+        "window": 10,
+        "min_samples": 5,
+        "threshold": 0.6,
+        "hysteresis": 0.1,
+        "shadow_rate": 1.0,
+        **settings,
+    }
+
+
+@pytest.fixture
+def checked(proxy_with: Callable[..., ProxyClient]) -> Callable[..., ProxyClient]:
+    """A proxy routing by category (told by header, so that tests pick it), quality on."""
+
+    def make(**settings: Any) -> ProxyClient:
+        routing = {
+            "default_tier": "cheap",
+            "aliases": {"fast": "cheap"},
+            "allow_header_override": True,
+            "classifier": {"enabled": True},
+        }
+        return proxy_with(routing=routing, quality=quality(**settings), cache={"enabled": False})
+
+    return make
+
+
+def ask(client: ProxyClient, headers: dict[str, str] = EXTRACTION, **fields: Any) -> httpx.Response:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Pull out the total and due date."}]}
+    response = client.post("/v1/chat/completions", json={**body, **fields}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def settle(client: ProxyClient) -> dict[str, Any]:
+    """Wait for the background checks; the quality state of /stats."""
+    assert client.app.quality is not None
+    client.run(client.app.quality.drain())
+    state: dict[str, Any] = client.get("/stats").json()["quality"]
+    return state
+
+
+def test_agreeing_answers_are_sampled_scored_and_booked_to_the_quality_service(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked()
+    vllm.configure(text=AGREED)
+    cloud.configure(text=AGREED)
+    answers = [ask(client) for _ in range(6)]
+    assert {a.headers["x-tiermux-tier"] for a in answers} == {"cheap"}
+    extraction = settle(client)["categories"]["extraction"]
+    assert (extraction["samples"], extraction["window_samples"]) == (6, 6)
+    assert extraction["score"] == 1.0 and not extraction["promoted"]
+    assert cloud.stats()["requests"] == 6  # every one re-asked of the reference, after the answer
+    books = client.get("/stats").json()["by_service"]
+    assert books["quality"]["requests"] == 6 and books["quality"]["spend_usd"] > 0
+
+
+def test_a_quality_drop_promotes_the_category_and_recovery_returns_it(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked()
+    vllm.configure(text=OTHER)
+    cloud.configure(text=AGREED)
+    for _ in range(5):
+        ask(client)
+    state = settle(client)["categories"]["extraction"]
+    assert state["promoted"] and state["promotions"] == 1 and state["score"] < 0.6
+    promoted = ask(client)
+    assert promoted.headers["x-tiermux-tier"] == "capable"
+    route = client.post(
+        "/v1/route",
+        json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
+        headers=EXTRACTION,
+    )
+    assert "quality_promoted" in route.json()["reasons"]
+    assert (
+        ask(client, {"x-tiermux-category": "summarisation"}).headers["x-tiermux-tier"] == "cheap"
+    )  # only it
+
+    # While promoted, the cheap tier is tried in shadow; once it agrees again, the category returns.
+    vllm.configure(text=AGREED)
+    for _ in range(12):
+        ask(client)
+        state = settle(client)["categories"]["extraction"]
+        if not state["promoted"]:
+            break
+    assert not state["promoted"] and state["recoveries"] == 1 and state["shadow_samples"] > 0
+    assert ask(client).headers["x-tiermux-tier"] == "cheap"
+
+
+def test_answers_that_fail_a_cheap_check_are_always_checked(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked(sample_rate=0.0)
+    cloud.configure(text=AGREED)
+    vllm.configure(text=AGREED)
+    ask(client)
+    vllm.configure(text="I'm sorry, but I can't help with that.")
+    ask(client)
+    vllm.configure(text="")
+    ask(client)
+    state = settle(client)["categories"]["extraction"]
+    assert (state["check_failures"], state["samples"]) == (2, 2)
+    assert cloud.stats()["requests"] == 2
+
+
+def test_the_sampling_rate_holds_within_statistical_bounds(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked(sample_rate=0.2, queue_size=1024, min_samples=1000)
+    vllm.configure(text=AGREED)
+    cloud.configure(text=AGREED)
+    requests = 400
+    for _ in range(requests):
+        ask(client)
+    sampled = settle(client)["categories"]["extraction"]["samples"]
+    # Binomial(400, 0.2): mean 80, standard deviation 8; four deviations either side.
+    assert 48 <= sampled <= 112, sampled
+
+
+def test_a_dead_reference_backend_changes_nothing_for_clients(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked()
+    vllm.configure(text=OTHER)
+    cloud.configure(fail_rate=1.0, fail_status=503)
+    answers = [ask(client) for _ in range(8)]
+    assert all(a.json()["choices"][0]["message"]["content"] == OTHER for a in answers)
+    state = settle(client)["categories"]["extraction"]
+    assert state["samples"] == 0 and not state["promoted"]
+
+
+def test_a_full_queue_drops_checks_instead_of_slowing_requests(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked(queue_size=1, concurrency=1)
+    vllm.configure(text=AGREED)
+    cloud.configure(text=AGREED, latency_ms=300)
+    started = time.monotonic()
+    for _ in range(10):
+        ask(client)
+    assert time.monotonic() - started < 2.5  # ten reference calls in a row would take 3 s
+    state = settle(client)
+    assert state["dropped"] >= 5
+
+
+def test_feedback_feeds_the_window_and_needs_an_id_tiermux_gave(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked(sample_rate=0.0)
+    vllm.configure(text=AGREED)
+    ids = [ask(client).headers["x-tiermux-request-id"] for _ in range(5)]
+    for request_id in ids:
+        answer = client.post("/v1/feedback", json={"request_id": request_id, "score": 0.1})
+        assert answer.status_code == 200 and answer.json()["recorded"] is True
+    state = settle(client)["categories"]["extraction"]
+    assert state["feedback"] == 5 and state["promoted"]
+    capable = ask(client).headers["x-tiermux-request-id"]  # now from the capable tier: not checked
+    assert client.post("/v1/feedback", json={"request_id": capable, "score": 1}).json()["recorded"] is False
+    bad = client.post("/v1/feedback", json={"request_id": "made-up", "score": 0.5})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "request_id"
+    assert client.post("/v1/feedback", json={"request_id": ids[0], "score": 7}).status_code == 400
+
+
+def test_quality_shows_in_the_metrics(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked()
+    vllm.configure(text=OTHER)
+    cloud.configure(text=AGREED)
+    for _ in range(5):
+        ask(client)
+    settle(client)
+    text = client.get("/metrics").text
+    assert 'tiermux_quality_promoted{category="extraction"} 1' in text
+    assert 'tiermux_quality_samples_total{category="extraction"} 5' in text
+    assert 'tiermux_quality_promotions_total{category="extraction"} 1' in text
