@@ -246,6 +246,16 @@ class CacheConfig(_Strict, frozen=True):
     """Answers larger than this stay in the worker's own cache."""
 
 
+class CascadeRule(_Strict, frozen=True):
+    """Ask the cheap tier for logprobs; an answer less sure than ``threshold`` is asked of the
+    next tier before the client gets anything."""
+
+    threshold: Annotated[float, msgspec.Meta(le=0)]
+    """Log-probability (e.g. -0.5): the answer's confidence below this escalates it."""
+    measure: Literal["mean", "min"] = "mean"
+    """The answer's confidence: the mean of its tokens' logprobs, or the least sure token's."""
+
+
 class QualityConfig(_Strict, frozen=True):
     """The quality safety net: a share of the answers of tiers cheaper than the ``reference``
     backend's is asked again of that backend after the client has its answer, in the background,
@@ -279,6 +289,11 @@ class QualityConfig(_Strict, frozen=True):
     """Reference calls in flight per worker."""
     service: str = "quality"
     """The service reference calls are booked to (it shows in /stats and budgets like any other)."""
+    judge: bool = False
+    """Score by asking the reference to grade the cheap answer against its own (a fixed rubric,
+    one more reference call per sample) instead of by text agreement."""
+    cascade: dict[str, CascadeRule] = {}
+    """Categories whose non-streaming cheap answers are escalated when unsure (by logprobs)."""
 
 
 class MetricsConfig(_Strict, frozen=True):
@@ -514,6 +529,13 @@ def _check_budgets_state_cache_and_log(config: Config, source: str) -> None:
             )
         if quality.reference not in names:
             raise ConfigError(source, "$.quality.reference", f"unknown backend {quality.reference!r}")
+    for category in config.quality.cascade:
+        if category not in CATEGORIES:
+            raise ConfigError(
+                source,
+                f"$.quality.cascade.{category}",
+                f"unknown category; expected one of {', '.join(CATEGORIES)}",
+            )
     for category in config.quality.sample_rates:
         if category not in CATEGORIES:
             raise ConfigError(

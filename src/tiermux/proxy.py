@@ -46,9 +46,10 @@ from tiermux.cache.flight import Flight, Head
 from tiermux.cache.replay import ReplayError, assemble, replay
 from tiermux.cache.responses import Asked, Mode, Outcome, ResponseCache, complete
 from tiermux.cache.store import Entry
-from tiermux.config import DEFAULT_SERVICE
+from tiermux.config import DEFAULT_SERVICE, CascadeRule
 from tiermux.quality import request_ids
 from tiermux.quality.checker import QualityChecker
+from tiermux.quality.confidence import ask_for_logprobs, confidence, strip_logprobs
 from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
 from tiermux.routing.router import Decision, Router
 from tiermux.telemetry.metrics import NONE, PINNED, Metrics
@@ -280,7 +281,9 @@ class Forwarder:
         except jsonscan.ScanError as exc:  # JSON msgspec took but the scanner can't walk
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
         with self.disconnects.watch(receive):
-            backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
+            backend, response, payload, decision, paid = await self._forward_answer(
+                decision, endpoint, body, start, end, request, record
+            )
             record.backend = backend.name
             record.status = response.status
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
@@ -291,7 +294,7 @@ class Forwarder:
             watching = self._watching(decision, request, backend)
             if payload is not None:
                 if response.status < 400:
-                    self._book(record, backend, decision, usage_of(payload), reservation)
+                    self._book(record, backend, decision, usage_of(payload), reservation, paid)
                 if watching and response.status == 200:
                     self._hand_over(decision, endpoint, body, request, payload, streamed=False)
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -426,13 +429,15 @@ class Forwarder:
             start, end = jsonscan.value_span(body, b"model")
         except jsonscan.ScanError as exc:
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-        backend, response, payload = await self._forward(decision.backends, call.endpoint, body, start, end)
+        backend, response, payload, decision, paid = await self._forward_answer(
+            decision, call.endpoint, body, start, end, call.request, call.record
+        )
         status = response.status
         headers = relayed_headers(response.headers, self._added_headers(decision, backend))
         if payload is not None:
             flight.usage = usage = usage_of(payload) if status < 400 else None
             if status < 400:
-                self._book(call.record, backend, decision, usage, reservation)
+                self._book(call.record, backend, decision, usage, reservation, paid)
             flight.answer(Head(status, headers, backend, decision, streamed=False))
             if status == 200 and complete(payload):
                 self._keep(call, backend, payload, usage)
@@ -598,11 +603,13 @@ class Forwarder:
         decision: Decision,
         usage: Usage | None,
         reservation: Reservation | None,
+        paid: int = 0,
     ) -> None:
         """Book an answer in the ledger and settle its reservation at the same cost, together,
-        so that the budget's spend and the books never disagree."""
+        so that the budget's spend and the books never disagree (``paid``: what the request
+        already cost before this answer, an unsure answer it was escalated from)."""
         category = decision.classification.category if decision.classification else None
-        cost = self.ledger.record(record.service, backend.name, decision.tier, category, usage)
+        cost = paid + self.ledger.record(record.service, backend.name, decision.tier, category, usage)
         if reservation is not None:
             reservation.settle(cost)
         _count_tokens(record, usage)
@@ -700,6 +707,49 @@ class Forwarder:
                 self._answered(name, time.monotonic() - sent_at)
             return backend, response, payload
         raise failure or BadGateway("no backend of the chain could answer")
+
+    async def _forward_answer(
+        self,
+        decision: Decision,
+        endpoint: str,
+        body: bytes,
+        start: int,
+        end: int,
+        request: RequestText | None,
+        record: RequestRecord,
+    ) -> tuple[Backend, h1client.Response, bytes | None, Decision, int]:
+        """``_forward``, with the confidence cascade where its category has one: the cheap tier is
+        asked for logprobs, and an answer less sure than the rule's threshold is booked and asked
+        of the next tier before the client gets anything. Also the decision that answered, and
+        what was paid for the unsure answer (0 when there was none)."""
+        rule = self._cascade_rule(decision, request)
+        if rule is None:
+            backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
+            return backend, response, payload, decision, 0
+        sent = ask_for_logprobs(body)
+        span = jsonscan.value_span(sent, b"model") if sent is not None else (start, end)
+        backend, response, payload = await self._forward(decision.backends, endpoint, sent or body, *span)
+        if payload is None or response.status != 200:
+            return backend, response, payload, decision, 0
+        sure = confidence(payload, rule.measure)
+        higher = self.router.escalated(decision)
+        if sure is None or sure >= rule.threshold or higher is None:
+            return backend, response, strip_logprobs(payload) if sent is not None else payload, decision, 0
+        assert self.quality is not None and decision.classification is not None
+        category = decision.classification.category
+        paid = self.ledger.record(record.service, backend.name, decision.tier, category, usage_of(payload))
+        self.quality.window.count(category, "escalations")
+        logger.info("an unsure %s answer (confidence %.2f) was escalated to %s", category, sure, higher.tier)
+        backend, response, payload = await self._forward(higher.backends, endpoint, body, start, end)
+        return backend, response, payload, higher, paid
+
+    def _cascade_rule(self, decision: Decision, request: RequestText | None) -> CascadeRule | None:
+        quality = self.quality
+        if quality is None or request is None or request.stream or decision.classification is None:
+            return None
+        if decision.pinned:
+            return None
+        return quality.settings.cascade.get(decision.classification.category)
 
     def _request_id(self, record: RequestRecord) -> tuple[bytes, bytes]:
         """The ``X-Tiermux-Request-Id`` of an answer, made once routing is known: it carries the

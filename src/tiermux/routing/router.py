@@ -79,6 +79,14 @@ class Router:
     def __repr__(self) -> str:
         return f"<Router {self.policy!r} classifier={self.classifier!r}>"
 
+    def escalated(self, decision: Decision) -> Decision | None:
+        """The decision one tier up, for an answer the cheap tier was unsure of; None at the top."""
+        higher = self._next_tier.get(decision.tier)
+        if higher is None:
+            return None
+        reasons = (*decision.reasons, "escalated_unsure")
+        return Decision(higher, self._chains[higher], decision.classification, reasons)
+
     def resolve(self, model: str) -> Route:
         return self.resolver.resolve(model)
 

@@ -174,6 +174,7 @@ _QUALITY_COUNTERS = {
     "feedback": "Scores sent by clients to /v1/feedback.",
     "promotions": "Times a category was promoted to the next tier for its quality.",
     "recoveries": "Times a promoted category returned to its own tier.",
+    "escalations": "Unsure cheap answers escalated to the next tier before answering (confidence cascade).",
 }
 
 
