@@ -8,9 +8,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tiermux import __version__
 from tiermux.config import AUTO, Config, ConfigError, exposure_problem, load_config
+
+if TYPE_CHECKING:
+    from tiermux.quality.window import QualityWindow
 
 __all__ = ["main"]
 
@@ -121,6 +125,7 @@ def _explain(args: argparse.Namespace) -> int:
     from tiermux.routing.request import RequestText, chat_from_object
     from tiermux.routing.router import Router
     from tiermux.routing.weights import WeightsError
+    from tiermux.state import SegmentError
 
     if bool(args.request) == bool(args.prompt):
         print("tiermux: explain needs a prompt or --request FILE (one of them)", file=sys.stderr)
@@ -134,6 +139,9 @@ def _explain(args: argparse.Namespace) -> int:
     model = args.model
     try:
         router = Router(config)
+        window = _live_quality(config, args.port) if args.live else None
+        if window is not None:
+            router.promoted = window.promoted
         if args.request:
             import json
 
@@ -144,7 +152,7 @@ def _explain(args: argparse.Namespace) -> int:
             prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
             request = RequestText(prompt, args.system or "")
         decision = router.decide(router.resolve(model or AUTO), request)
-    except (OSError, ValueError, WeightsError, ProxyError, msgspec.ValidationError) as exc:
+    except (OSError, ValueError, WeightsError, ProxyError, msgspec.ValidationError, SegmentError) as exc:
         print(f"tiermux: {exc}", file=sys.stderr)
         return 1
     backend = next(b for b in config.backends if b.name == decision.backends[0])
@@ -168,8 +176,27 @@ def _explain(args: argparse.Namespace) -> int:
         if c.rules:
             print(f"rules:       {', '.join(c.rules)}")
     print(f"tier:        {decision.tier}   ({'; '.join(decision.reasons)})")
+    if window is not None and c is not None:
+        mean, count = window.mean(c.category)
+        score = "no scores yet" if mean is None else f"windowed score {mean:.2f} over {count}"
+        if decision.promoted_from is not None:
+            print(f"quality:     {c.category} is promoted from {decision.promoted_from} ({score})")
+        else:
+            print(f"quality:     {c.category} is on its own tier ({score})")
     print(f"backend:     {backend.name} (model {backend.model}); chain {' > '.join(decision.backends)}")
     return 0
+
+
+def _live_quality(config: Config, port: int | None) -> QualityWindow:
+    """The quality window of the ``serve`` running on this machine with ``config`` (on ``port``,
+    else the config's), read from its shared state."""
+    from tiermux.quality.window import QualityWindow
+    from tiermux.server import segment_path
+    from tiermux.state import Segment, layout_for
+
+    segment = Segment.attach(segment_path(port or config.server.port), layout_for(config))
+    quality = config.quality
+    return QualityWindow(segment.cells("quality"), quality.window, quality.window_minutes)
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -306,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--config", "-c", metavar="FILE", help=_CONFIG_HELP)
     explain.add_argument("--json", action="store_true", help="print the decision as /v1/route does")
+    explain.add_argument(
+        "--live",
+        action="store_true",
+        help="route as the tiermux serving this config on this machine does now: with the categories "
+        "its quality safety net has promoted (read from its shared state)",
+    )
+    explain.add_argument(
+        "--port", type=int, help="with --live: the port of that serve (default: the config's)"
+    )
     explain.set_defaults(run=_explain)
 
     trainer = commands.add_parser(

@@ -23,6 +23,13 @@ from tiermux.app import CONFIG_ENV, HOST_ENV
 __all__ = ["serve"]
 
 
+def segment_path(port: int) -> Path:
+    """Where the ``serve`` on ``port`` keeps its shared state (one per user and port: /dev/shm is
+    shared by every user of the machine)."""
+    state_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return Path(state_dir) / f"tiermux-{os.getuid()}-{port}.state"
+
+
 def serve(
     config_path: Path,
     *,
@@ -42,9 +49,7 @@ def serve(
 
     os.environ[CONFIG_ENV] = str(config_path)
     os.environ[HOST_ENV] = host
-    state_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    name = f"tiermux-{os.getuid()}-{port}.state"  # one per user and port: /dev/shm is shared
-    segment = Segment.create(Path(state_dir) / name, layout_for(load_config(config_path)))
+    segment = Segment.create(segment_path(port), layout_for(load_config(config_path)))
     os.environ[STATE_ENV] = str(segment.path)
     server = Server(
         "tiermux.app:create_app",
