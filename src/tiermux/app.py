@@ -35,6 +35,7 @@ from tiermux.routing.router import Router
 from tiermux.state import budget_store, open_segment
 from tiermux.state.redis_health import RedisHealthMirror
 from tiermux.state.redis_link import RedisLink
+from tiermux.state.redis_quality import RedisQuality
 from tiermux.telemetry.access_log import AccessLog
 from tiermux.telemetry.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tiermux.telemetry.exposition import render
@@ -97,8 +98,10 @@ class TiermuxApp:
             window = QualityWindow(
                 self.segment.cells("quality"), config.quality.window, config.quality.window_minutes
             )
+            # In distributed mode, the fleet's window in Redis decides and every instance follows.
+            fleet = RedisQuality(self.redis, config.quality) if self.redis is not None else None
             self.quality = QualityChecker(
-                config, window, self.backends, self.ledger, lambda chain: self.health.plan(chain)[0]
+                config, window, self.backends, self.ledger, lambda chain: self.health.plan(chain)[0], fleet
             )
             self.router.promoted = window.promoted
         self.forwarder = Forwarder(
@@ -311,6 +314,8 @@ class TiermuxApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.health.start()
+                if self.quality is not None:
+                    self.quality.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()

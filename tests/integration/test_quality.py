@@ -4,6 +4,8 @@ client feedback. The mocks are made to agree or differ with a configured answer 
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -199,3 +201,48 @@ def test_quality_shows_in_the_metrics(
     assert 'tiermux_quality_promoted{category="extraction"} 1' in text
     assert 'tiermux_quality_samples_total{category="extraction"} 5' in text
     assert 'tiermux_quality_promotions_total{category="extraction"} 1' in text
+
+
+def _judge_requests(cloud: BackendHandle) -> list[dict[str, Any]]:
+    bodies = [json.loads(base64.b64decode(r["body_b64"])) for r in cloud.recorded()]
+    return [b for b in bodies if "GRADE: <1-5>" in json.dumps(b.get("messages", []))]
+
+
+def test_judge_mode_scores_by_the_reference_backends_grade(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    # The answers agree word for word, so text agreement would score 1; the judge's grade rules.
+    client = checked(judge=True)
+    verdict = "The candidate misses the due date. GRADE: 1"
+    vllm.configure(text=verdict)
+    cloud.configure(text=verdict)
+    for _ in range(5):
+        ask(client)
+    state = settle(client)["categories"]["extraction"]
+    assert state["promoted"] and state["promotions"] == 1 and state["score"] == 0.0
+    assert cloud.stats()["requests"] == 10  # a reference answer and a grade per sample
+    assert client.get("/stats").json()["by_service"]["quality"]["requests"] == 10
+    judged = _judge_requests(cloud)
+    assert len(judged) == 5
+    request = judged[0]
+    assert (request["temperature"], request["stream"], request["max_tokens"]) == (0, False, 256)
+    prompt = request["messages"][-1]["content"]
+    assert "Pull out the total and due date." in prompt and verdict in prompt
+
+
+def test_judge_mode_a_top_grade_scores_one_and_no_grade_falls_back_to_agreement(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked(judge=True)
+    vllm.configure(text=OTHER)  # differs from the reference's words: agreement would be low
+    cloud.configure(text="Different words, same facts. GRADE: 5")
+    for _ in range(5):
+        ask(client)
+    state = settle(client)["categories"]["extraction"]
+    assert state["score"] == 1.0 and not state["promoted"]
+
+    cloud.configure(text=AGREED)  # no grade in the judge's answer: scored by agreement
+    for _ in range(5):
+        ask(client)
+    state = settle(client)["categories"]["extraction"]
+    assert state["samples"] == 10 and state["promoted"] and state["score"] < 0.6

@@ -12,11 +12,17 @@ process runs ``concurrency`` tasks that take jobs off its queue:
 * a shadow job asks the category's own tier again and scores that answer against the one the
   client got from the higher tier.
 
+A score is the agreement of the two answers' texts (``scoring.score``) or, with ``quality.judge``,
+the grade the reference backend gives the answer against its own when asked with a fixed rubric
+(``scoring.judge_prompt``; an answer without a grade falls back to agreement).
+
 Scores go into the category's window, shared by the workers. When the windowed mean of a
 category with at least ``min_samples`` scores falls below ``threshold``, it is promoted (routing
 sends it one tier up, everywhere); when a promoted category's mean is back above ``threshold +
-hysteresis``, it returns. Both are logged and counted. The calls made here are booked to the
-``quality.service`` service, so that they show in the books and budgets like any other.
+hysteresis``, it returns. Both are logged and counted. In distributed mode each score also goes to
+the fleet's window in Redis, which decides instead of the machine's own while Redis answers
+(``tiermux.state.redis_quality``). The calls made here are booked to the ``quality.service``
+service, so that they show in the books and budgets like any other.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -34,14 +40,18 @@ from tiermux.accounting.ledger import Ledger
 from tiermux.accounting.usage import usage_of
 from tiermux.cache.replay import assemble
 from tiermux.config import Config
-from tiermux.quality.scoring import cheap_check, score
+from tiermux.quality.scoring import cheap_check, judge_prompt, parse_grade, score
 from tiermux.quality.window import QualityWindow
+from tiermux.routing.request import decode_chat, decode_completion, from_chat, from_completion
+from tiermux.state.redis_quality import PROMOTED, RECOVERED, FleetVerdict, RedisQuality
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import UpstreamError
 
-__all__ = ["QualityChecker", "answer_text"]
+__all__ = ["JUDGE_MAX_TOKENS", "QualityChecker", "answer_text", "request_text"]
 
 logger = logging.getLogger("tiermux.quality")
+
+JUDGE_MAX_TOKENS = 256  # three sentences of reasons and the grade line
 
 
 class _Message(msgspec.Struct):
@@ -74,6 +84,17 @@ def answer_text(answer: bytes) -> str | None:
     return first.text or ""
 
 
+def request_text(endpoint: str, body: bytes) -> str:
+    """The text a request asks about: its last user message (a completion's prompt); "" when
+    the body can't be read."""
+    try:
+        if endpoint == "/completions":
+            return from_completion(decode_completion(body)).last
+        return from_chat(decode_chat(body)).last
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
 class _Job:
     __slots__ = ("answer", "body", "category", "endpoint", "json_expected", "own_tier", "streamed")
 
@@ -104,6 +125,7 @@ class QualityChecker:
         backends: dict[str, Backend],
         ledger: Ledger,
         first_backend: Callable[[tuple[str, ...]], str],
+        fleet: RedisQuality | None = None,
     ) -> None:
         quality = config.quality
         assert quality.reference is not None
@@ -112,6 +134,7 @@ class QualityChecker:
         self.backends = backends
         self.ledger = ledger
         self.reference = backends[quality.reference]
+        self.fleet = fleet  # the fleet's window in Redis (distributed mode)
         self._first_backend = first_backend  # the backend a tier's chain would use now
         self._chains = {tier: tuple(chain) for tier, chain in config.tiers.items()}
         self._tier_of = {
@@ -124,7 +147,8 @@ class QualityChecker:
         self.watched = frozenset(tiers[: own[-1] if own else len(tiers)])
         self._rates = quality.sample_rates
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(quality.queue_size)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the workers, and the fleet's mirror
+        self._sharing: set[asyncio.Task[None]] = set()  # feedback on its way to the fleet's window
         self._random = random.Random()
 
     def __repr__(self) -> str:
@@ -171,20 +195,30 @@ class QualityChecker:
     # --- the background side ------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the workers, and the mirror of the fleet's promotions in distributed mode (needs
+        a running loop; cheap to call again)."""
+        if self._tasks:
+            return
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work()) for _ in range(self.settings.concurrency)]
+        if self.fleet is not None:
+            self._tasks.append(loop.create_task(self.fleet.run(self.window)))
 
     async def drain(self) -> None:
         """Wait until every queued job is done (tests, and a clean shutdown)."""
         await self._queue.join()
+        if self._sharing:
+            await asyncio.gather(*self._sharing, return_exceptions=True)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._sharing]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._sharing.clear()
 
     async def _work(self) -> None:
         while True:
@@ -203,7 +237,7 @@ class QualityChecker:
         if job.own_tier is not None:
             own = await self._ask(job, self._first_backend(self._chains[job.own_tier]))
             if own is not None:
-                self._score(job.category, own, client, job.json_expected, "shadow_samples")
+                await self._score(job, own, client, "shadow_samples")
             return
         failed = cheap_check(client, json_expected=job.json_expected)
         if failed is not None:
@@ -213,16 +247,21 @@ class QualityChecker:
             return
         reference = await self._ask(job, self.reference.name)
         if reference is not None:
-            self._score(job.category, client, reference, job.json_expected, "samples")
+            await self._score(job, client, reference, "samples")
 
     async def _ask(self, job: _Job, backend_name: str) -> str | None:
         """The same request, as JSON, of ``backend_name``; its answer's text (None if it failed)."""
-        backend = self.backends[backend_name]
-        body = _as_json_request(job.body, backend)
+        body = _as_json_request(job.body, self.backends[backend_name])
         if body is None:
             return None
+        return await self._call(backend_name, job.endpoint, body, job.category)
+
+    async def _call(self, backend_name: str, endpoint: str, body: bytes, category: str) -> str | None:
+        """``body`` to ``backend_name``, booked to the quality service; the answer's text (None if
+        the call failed)."""
+        backend = self.backends[backend_name]
         try:
-            response = await backend.send("POST", job.endpoint, body)
+            response = await backend.send("POST", endpoint, body)
             try:
                 payload = await response.read_all()
             finally:
@@ -234,19 +273,81 @@ class QualityChecker:
             logger.warning("quality check: backend %s answered %d", backend_name, response.status)
             return None
         usage = usage_of(payload)
-        self.ledger.record(
-            self.settings.service, backend_name, self._tier_of[backend_name], job.category, usage
-        )
+        self.ledger.record(self.settings.service, backend_name, self._tier_of[backend_name], category, usage)
         return answer_text(payload)
 
-    def _score(self, category: str, cheap: str, reference: str, json_expected: bool, counter: str) -> None:
-        value = score(category, cheap, reference, json_expected=json_expected)
-        self.window.add(category, value, counter)
-        self.evaluate(category)
+    async def _score(self, job: _Job, cheap: str, reference: str, counter: str) -> None:
+        value = await self._judge(job, cheap, reference) if self.settings.judge else None
+        if value is None:
+            value = score(job.category, cheap, reference, json_expected=job.json_expected)
+        self.window.add(job.category, value, counter)
+        await self._decide(job.category, value)
+
+    async def _judge(self, job: _Job, cheap: str, reference: str) -> float | None:
+        """The reference backend's grade of ``cheap`` against ``reference`` (0..1); None when it
+        gave none."""
+        messages = judge_prompt(job.category, request_text(job.endpoint, job.body), cheap, reference)
+        request = {
+            "model": self.reference.config.model,
+            "messages": messages,
+            "max_tokens": JUDGE_MAX_TOKENS,
+            "temperature": 0,
+            "stream": False,
+        }
+        verdict = await self._call(
+            self.reference.name, "/chat/completions", msgspec.json.encode(request), job.category
+        )
+        if verdict is None:
+            return None  # the call failed (logged): scored by agreement instead
+        grade = parse_grade(verdict)
+        if grade is None:
+            logger.info("the judge gave a %s answer no grade: scored by agreement instead", job.category)
+        return grade
 
     def feedback(self, category: str, value: float) -> None:
         self.window.add(category, value, "feedback")
-        self.evaluate(category)
+        if self.fleet is None:
+            self.evaluate(category)
+        else:  # to the fleet's window in the background: a client never waits on Redis
+            self._spawn(self._decide(category, value))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._sharing.add(task)
+        task.add_done_callback(self._sharing.discard)
+        self.start()
+
+    async def _decide(self, category: str, value: float) -> None:
+        """After ``value`` went into the window: promote or return ``category`` by the fleet's
+        window when there is one and Redis answers, else by this machine's."""
+        verdict = None
+        if self.fleet is not None:
+            try:
+                verdict = await self.fleet.record(category, value)
+            except Exception:
+                logger.exception("sharing a %s score through Redis failed", category)
+        if verdict is None:
+            self.evaluate(category)
+        else:
+            self._follow(category, verdict)
+
+    def _follow(self, category: str, verdict: FleetVerdict) -> None:
+        """Take the fleet's decision; a promotion or return this call made is counted here (once
+        in the fleet), one made elsewhere is only mirrored."""
+        self.window.mirror(category, verdict.promoted_at)
+        if verdict.action == PROMOTED:
+            self.window.count(category, "promotions")
+            logger.warning(
+                "quality of %s fell to %.3f over the fleet's %d scores (threshold %.2f): "
+                "promoted to the next tier",
+                category, verdict.mean, verdict.samples, self.settings.threshold,
+            )  # fmt: skip
+        elif verdict.action == RECOVERED:
+            self.window.count(category, "recoveries")
+            logger.warning(
+                "quality of %s recovered to %.3f over the fleet's %d scores: back on its own tier",
+                category, verdict.mean, verdict.samples,
+            )  # fmt: skip
 
     def evaluate(self, category: str) -> None:
         """Promote or return ``category`` by its windowed mean."""

@@ -7,6 +7,9 @@ promotion state (the epoch millisecond it was promoted at, 0 when it is not), an
 windowed mean is the mean of the ring's scores younger than ``minutes``. One global epoch cell
 changes whenever any category is promoted or recovers, so that what was decided under the old
 state (the cache's remembered routes) can be dropped at once.
+
+In distributed mode the fleet's window in Redis decides promotion (``tiermux.state.redis_quality``)
+and its state is ``mirror``ed here; routing reads it from here only.
 """
 
 from __future__ import annotations
@@ -106,6 +109,23 @@ class QualityWindow:
         at = self._cells.load(self._base[category] + PROMOTED_AT)
         if at and self._cells.compare_exchange(self._base[category] + PROMOTED_AT, at, 0):
             self.count(category, "recoveries")
+            self._cells.add(EPOCH, 1)
+            return True
+        return False
+
+    def promoted_at(self, category: str) -> int:
+        """The epoch millisecond ``category`` was promoted at; 0 when it is not."""
+        return self._cells.load(self._base[category] + PROMOTED_AT)
+
+    def mirror(self, category: str, promoted_at: int) -> bool:
+        """Take the promotion state decided elsewhere (by the fleet, in Redis): promoted since
+        ``promoted_at`` ms, or not when 0. Not counted as a promotion or recovery here; whether
+        it changed routing (the epoch moves only then)."""
+        cell = self._base[category] + PROMOTED_AT
+        current = self._cells.load(cell)
+        if current == promoted_at or not self._cells.compare_exchange(cell, current, promoted_at):
+            return False  # already so, or another worker changed it just now (the next look sees it)
+        if (current == 0) != (promoted_at == 0):
             self._cells.add(EPOCH, 1)
             return True
         return False
