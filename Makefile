@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SYSTEM_DEPS := nginx wrk redis-server
 PYTEST_FLAGS ?= -q
 
-.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-metrics bench-locust bench-micro bench-classifier model clean
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-metrics bench-quality bench-locust bench-micro bench-classifier model clean
 
 all: install
 
@@ -45,7 +45,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 # Benchmarks live outside the test run. Results land in bench/results/.
-bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-metrics bench-locust
+bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-metrics bench-quality bench-locust
 
 bench-throughput: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput
@@ -61,6 +61,10 @@ bench-cache: $(INSTALLED) system-deps
 # What Prometheus metrics (scraped during the run) and the access log cost (bench/results/metrics.md).
 bench-metrics: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput --metrics
+
+# Whether the quality safety net's background checks slow the hot path (bench/results/quality.md).
+bench-quality: $(INSTALLED) system-deps
+	$(PY) -m bench.throughput --quality
 
 bench-locust: $(INSTALLED)
 	$(PY) -m bench.locust_run

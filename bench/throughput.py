@@ -28,6 +28,7 @@ Other modes:
   Python can serve here (``bench/cache.py``);
 * ``--metrics``: what Prometheus metrics (and the access log) cost on the hot path
   (``bench/metrics.py``);
+* ``--quality``: whether the quality safety net's background checks slow the hot path (``bench/quality.py``);
 * ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
   each segment, to see whether memory stays flat.
 
@@ -1740,6 +1741,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="req/s and CPU per request of tiermux recording Prometheus metrics (scraped during the "
         "run) against the same with metrics off, and with the access log on too; nginx for reference",
     )
+    quality = parser.add_argument_group("quality safety net (--quality)")
+    quality.add_argument(
+        "--quality",
+        action="store_true",
+        help="req/s, latency and CPU per request of tiermux with the quality safety net on (5%% and "
+        "100%% of answers re-asked of a second mock in the background) against quality off; nginx for "
+        "reference",
+    )
     soak = parser.add_argument_group("soak (--soak N)")
     soak.add_argument("--soak", type=int, metavar="N", help="drive N requests through tiermux, sampling RSS")
     soak.add_argument("--segment", type=float, default=10.0, help="seconds per soak segment (default 10)")
@@ -1756,10 +1765,11 @@ def _grouping_line(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    modes = (args.routing, args.stream, args.soak, args.budgets, args.cache, args.metrics)
+    modes = (args.routing, args.stream, args.soak, args.budgets, args.cache, args.metrics, args.quality)
     if sum(bool(mode) for mode in modes) > 1:
         parser.error(
-            "--routing, --budgets, --cache, --metrics, --stream and --soak are separate modes: pick one"
+            "--routing, --budgets, --cache, --metrics, --quality, --stream and --soak are separate modes: "
+            "pick one"
         )
     if args.one_session:
         global ONE_SESSION
@@ -1787,6 +1797,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.metrics import run_metrics
 
             return run_metrics(args)
+        if args.quality:
+            from bench.quality import run_quality
+
+            return run_quality(args)
         return run_throughput(args)
     except BenchError as exc:
         print(f"bench.throughput: {exc}", file=sys.stderr)
