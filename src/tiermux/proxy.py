@@ -186,6 +186,8 @@ class Forwarder:
 
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.health.start()
+        if self.quality is not None:
+            self.quality.start()  # its workers and fleet mirror, once (also without a lifespan)
         body = await self.receive_body(receive)
         record: RequestRecord = scope.get(RECORD_SCOPE_KEY) or RequestRecord(0.0)
         record.service = service = self._service(scope)

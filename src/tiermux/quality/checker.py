@@ -96,7 +96,7 @@ def request_text(endpoint: str, body: bytes) -> str:
 
 
 class _Job:
-    __slots__ = ("answer", "body", "category", "endpoint", "json_expected", "own_tier", "streamed")
+    __slots__ = ("answer", "body", "category", "endpoint", "json_expected", "own_tier", "sampled", "streamed")
 
     def __init__(
         self,
@@ -115,6 +115,7 @@ class _Job:
         self.streamed = streamed
         self.json_expected = json_expected
         self.own_tier = own_tier  # set for a shadow job: the tier to ask again
+        self.sampled = False  # in the category's sample (else checked only for a cheap failure)
 
 
 class QualityChecker:
@@ -166,8 +167,14 @@ class QualityChecker:
         streamed: bool,
         json_expected: bool,
     ) -> None:
-        """A watched tier's answer, to check when there is room."""
-        self._put(_Job(category, endpoint, body, answer, streamed, json_expected))
+        """A watched tier's answer, to check when there is room: when it falls in the sample, or
+        when a glance at its bytes suggests it may fail a cheap check (the check itself, which
+        parses the answer, runs in the background; most answers cost only this glance)."""
+        sampled = self._random.random() < self._rates.get(category, self.settings.sample_rate)
+        if sampled or json_expected or _suspect(answer, streamed):
+            job = _Job(category, endpoint, body, answer, streamed, json_expected)
+            job.sampled = sampled
+            self._put(job)
 
     def shadow(
         self,
@@ -243,7 +250,7 @@ class QualityChecker:
         if failed is not None:
             self.window.count(job.category, "check_failures")
             logger.info("a %s answer failed a cheap check (%s): asking the reference", job.category, failed)
-        elif self._random.random() >= self._rates.get(job.category, self.settings.sample_rate):
+        elif not job.sampled:
             return
         reference = await self._ask(job, self.reference.name)
         if reference is not None:
@@ -368,6 +375,37 @@ class QualityChecker:
 
     def promoted(self, category: str) -> bool:
         return self.window.promoted(category)
+
+
+# What an answer that fails a cheap check looks like in its bytes: no text anywhere (a stream's
+# first delta's empty content doesn't count), or the opening words of a refusal. A glance only:
+# whatever it flags is checked properly in the background.
+_TEXT_KEYS = (b'"content":"', b'"content": "', b'"text":"', b'"text": "')
+_REFUSALS = (b"sorry", b"i can't", b"i cannot", b"i am unable", b"i'm unable", b"i'm not able", b"as an ai")
+# A refusal opens an answer: the bytes looked at after the first text (a stream spreads its
+# opening words over several events, each wrapped in its own JSON, so it gets more of them).
+_OPENING = 300
+_STREAM_OPENING = 1500
+
+
+def _suspect(answer: bytes, streamed: bool) -> bool:
+    at = _first_text(answer)
+    if at < 0:
+        return True
+    head = answer[at : at + (_STREAM_OPENING if streamed else _OPENING)].lower()
+    return any(words in head for words in _REFUSALS)
+
+
+def _first_text(answer: bytes) -> int:
+    """Where the first non-empty text value starts, or -1."""
+    found = -1
+    for key in _TEXT_KEYS:
+        at = answer.find(key)
+        while at >= 0 and answer[at + len(key) : at + len(key) + 1] == b'"':
+            at = answer.find(key, at + 1)  # an empty value, as a stream's first delta has
+        if at >= 0 and (found < 0 or at < found):
+            found = at + len(key)
+    return found
 
 
 def _text(answer: bytes, streamed: bool) -> str | None:
