@@ -128,6 +128,14 @@ class ResponseCache:
         )
 
     def mode(self, endpoint: str, body: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Mode:
+        """How a request may use the cache (``control``, then ``reproducible``)."""
+        mode = self.control(headers)
+        if mode is not Mode.BYPASS and not self.reproducible(endpoint, body):
+            return Mode.BYPASS
+        return mode
+
+    def control(self, headers: Iterable[tuple[bytes, bytes]]) -> Mode:
+        """What the cache and the request's ``Cache-Control`` allow, before reading the body."""
         if not self.enabled:
             return Mode.BYPASS
         refresh = False
@@ -137,13 +145,16 @@ class ResponseCache:
                 if _NO_STORE in directives:
                     return Mode.BYPASS
                 refresh = refresh or _NO_CACHE in directives
-        if self.config.only_deterministic and endpoint != "/embeddings":
-            try:
-                if not deterministic(sampling_of(body)):
-                    return Mode.BYPASS
-            except ValueError:  # not a JSON object with the usual types: the backend will say
-                return Mode.BYPASS
         return Mode.REFRESH if refresh else Mode.USE
+
+    def reproducible(self, endpoint: str, body: bytes) -> bool:
+        """Whether a request's answer may be kept: reproducible, or sampled ones allowed too."""
+        if not self.config.only_deterministic or endpoint == "/embeddings":
+            return True
+        try:
+            return deterministic(sampling_of(body))
+        except ValueError:  # not a JSON object with the usual types: the backend will say
+            return False
 
     def asked(self, body: bytes, endpoint: str, service: str, overrides: bytes) -> Asked | None:
         """The request as asked, or None when the body is not one the cache can read."""
