@@ -166,7 +166,7 @@ class TiermuxApp:
                 [(b"allow", allowed.encode())],
             )
             return
-        if not self._observing or path not in PROXIED_PATHS:
+        if path not in PROXIED_PATHS:
             await self._dispatch(path, handler, scope, receive, send)
             return
         # A proxied request is timed, and what it turned out to be is counted and logged once its
@@ -178,7 +178,8 @@ class TiermuxApp:
         try:
             error = await self._dispatch(path, handler, scope, receive, send)
         finally:
-            self._account(record, path, error)
+            if self._observing:
+                self._account(record, path, error)
 
     def _account(self, record: RequestRecord, path: str, error: int | None) -> None:
         seconds = time.perf_counter() - record.started
@@ -206,7 +207,7 @@ class TiermuxApp:
         except ProxyError as exc:
             # Handlers raise ProxyError only before their response starts; once a stream has
             # begun, they report failures in-band themselves.
-            await _send_error(send, exc)
+            await _send_error(send, exc, self._request_id(scope))
             return exc.status
         except Exception:
             logger.exception("unhandled error serving %s %s", scope["method"], path)
@@ -215,6 +216,11 @@ class TiermuxApp:
                 await _send_error(send, error)
             return error.status
         return None
+
+    def _request_id(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """The request id header of a proxied request's error answer (errors carry one too)."""
+        record = scope.get(RECORD_SCOPE_KEY)
+        return None if record is None else [self.forwarder.request_id(record)]
 
     def _check_admin(self, scope: Scope) -> None:
         """Admin endpoints: an admin key when there are admin keys; else only on a loopback

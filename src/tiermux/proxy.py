@@ -294,7 +294,7 @@ class Forwarder:
             record.backend = backend.name
             record.status = response.status
             headers = relayed_headers(response.headers, self._added_headers(decision, backend))
-            headers.append(self._request_id(record))
+            headers.append(self.request_id(record))
             if cache_header is not None:
                 headers.append(cache_header)
                 record.cache = cache_header[1].decode()
@@ -515,7 +515,7 @@ class Forwarder:
         record.backend = head.backend.name
         record.status = head.status
         self._note(record, head.decision)
-        added = [outcome.header, self._request_id(record)]
+        added = [outcome.header, self.request_id(record)]
         if head.streamed and form.stream:
             await self._fan_out(flight, head, added, form, send, record)
         else:
@@ -565,7 +565,7 @@ class Forwarder:
         added = [
             Outcome.HIT.header,
             (b"age", str(max(0, int(time.time() - entry.created))).encode()),
-            self._request_id(record),
+            self.request_id(record),
         ]
         self._book_free(record, backend, decision, entry.usage)
         if form.stream:
@@ -758,7 +758,7 @@ class Forwarder:
             return None
         return quality.settings.cascade.get(decision.classification.category)
 
-    def _request_id(self, record: RequestRecord) -> tuple[bytes, bytes]:
+    def request_id(self, record: RequestRecord) -> tuple[bytes, bytes]:
         """The ``X-Tiermux-Request-Id`` of an answer, made once routing is known: it carries the
         category and tier (so that feedback on it needs no lookup), then this worker's prefix
         and a count (unique across workers and restarts)."""

@@ -246,3 +246,10 @@ def test_judge_mode_a_top_grade_scores_one_and_no_grade_falls_back_to_agreement(
         ask(client)
     state = settle(client)["categories"]["extraction"]
     assert state["samples"] == 10 and state["promoted"] and state["score"] < 0.6
+
+
+def test_errors_of_proxied_requests_carry_a_request_id_too(checked: Callable[..., ProxyClient]) -> None:
+    client = checked()
+    missing = client.post("/v1/chat/completions", json={"model": "no-such-model", "messages": []})
+    assert missing.status_code == 404
+    assert missing.headers["x-tiermux-request-id"].startswith("tmx-none-none-")
