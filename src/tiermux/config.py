@@ -529,20 +529,14 @@ def _check_budgets_state_cache_and_log(config: Config, source: str) -> None:
             )
         if quality.reference not in names:
             raise ConfigError(source, "$.quality.reference", f"unknown backend {quality.reference!r}")
-    for category in config.quality.cascade:
-        if category not in CATEGORIES:
-            raise ConfigError(
-                source,
-                f"$.quality.cascade.{category}",
-                f"unknown category; expected one of {', '.join(CATEGORIES)}",
-            )
-    for category in config.quality.sample_rates:
-        if category not in CATEGORIES:
-            raise ConfigError(
-                source,
-                f"$.quality.sample_rates.{category}",
-                f"unknown category; expected one of {', '.join(CATEGORIES)}",
-            )
+    for field, by_category in (("cascade", quality.cascade), ("sample_rates", quality.sample_rates)):
+        for category in by_category:
+            if category not in CATEGORIES:
+                raise ConfigError(
+                    source,
+                    f"$.quality.{field}.{category}",
+                    f"unknown category; expected one of {', '.join(CATEGORIES)}",
+                )
     log = config.access_log.path
     if config.access_log.enabled and log is not None and not Path(log).parent.is_dir():
         raise ConfigError(source, "$.access_log.path", f"the directory of {log!r} does not exist")

@@ -655,6 +655,12 @@ def test_the_default_service_may_have_a_budget() -> None:
         ({"quality": {"enabled": True, "reference": "nope"}}, "$.quality.reference", "unknown backend"),
         ({"quality": {"sample_rates": {"poetry": 0.5}}}, "$.quality.sample_rates.poetry", "unknown category"),
         ({"quality": {"sample_rate": 1.5}}, "$.quality.sample_rate", ""),
+        (
+            {"quality": {"cascade": {"poetry": {"threshold": -1}}}},
+            "$.quality.cascade.poetry",
+            "unknown category",
+        ),
+        ({"quality": {"cascade": {"code": {"threshold": 0.5}}}}, "$.quality.cascade.code.threshold", ""),
     ],
     ids=[
         "timezone",
@@ -674,6 +680,8 @@ def test_the_default_service_may_have_a_budget() -> None:
         "quality-unknown-reference",
         "quality-unknown-category",
         "quality-rate",
+        "cascade-category",
+        "cascade-threshold",
     ],
 )
 def test_budget_and_state_errors_name_the_field(extra: dict[str, object], field: str, message: str) -> None:
