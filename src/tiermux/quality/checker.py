@@ -2,9 +2,11 @@
 calls, scores, promotion and recovery.
 
 The proxy hands over every answer a watched tier gave (``observe``) and, for a promoted category,
-a share of the answers its higher tier gave (``shadow``); both only put a job on a bounded queue
-and return. A full queue drops the job and counts it: checking never slows a request. Each worker
-process runs ``concurrency`` tasks that take jobs off its queue:
+a share of the answers its higher tier gave (``shadow``). ``observe`` draws the sample and glances
+at the answer's bytes (is there any text; do its opening words look like a refusal); only answers
+in the sample, answers to JSON-mode requests and suspect ones become jobs on a bounded queue. A
+full queue drops the job and counts it: checking never slows a request. Each worker process runs
+``concurrency`` tasks that take jobs off its queue:
 
 * an answer from a watched tier is read (a stream is assembled first) and checked cheaply (empty,
   a refusal, not the JSON asked for); it is re-asked of the reference backend when it failed that
