@@ -343,6 +343,8 @@ class QualityChecker:
     def _follow(self, category: str, verdict: FleetVerdict) -> None:
         """Take the fleet's decision; a promotion or return this call made is counted here (once
         in the fleet), one made elsewhere is only mirrored."""
+        if self.fleet is not None:
+            self.fleet.followed(category)
         self.window.mirror(category, verdict.promoted_at)
         if verdict.action == PROMOTED:
             self.window.count(category, "promotions")

@@ -101,6 +101,7 @@ class RedisQuality:
         self._keys = {name: link.key("quality", name) for name in CATEGORIES}
         self._record = link.client.register_script(_RECORD)
         self._broken = False  # an unexpected error was logged (once, until a look succeeds)
+        self._followed: dict[str, float] = {}  # category -> when a score's answer last decided it
 
     def __repr__(self) -> str:
         return f"<RedisQuality {self.link.where}>"
@@ -129,6 +130,11 @@ class RedisQuality:
 
     # --- the mirror ---------------------------------------------------------------------------
 
+    def followed(self, category: str) -> None:
+        """This worker just took the fleet's decision on ``category`` from a score's answer: a
+        look at the hash that started before it is older and must not undo it."""
+        self._followed[category] = time.monotonic()
+
     async def run(self, window: QualityWindow) -> None:
         """Copy the fleet's promotions into ``window`` every ``interval`` seconds, for good."""
         while True:
@@ -145,6 +151,7 @@ class RedisQuality:
         link = self.link
         if link.away:
             return
+        asked_at = time.monotonic()
         try:
             remote = await link.client.hgetall(self.promoted_key)
         except link.errors as exc:
@@ -153,6 +160,8 @@ class RedisQuality:
         link.succeeded()
         self._broken = False
         for name in CATEGORIES:
+            if self._followed.get(name, 0.0) > asked_at:
+                continue  # this worker took a newer decision while the look was on its way
             promoted_at = _stamp(remote.get(name.encode()))
             if window.mirror(name, promoted_at):
                 logger.warning(
