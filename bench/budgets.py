@@ -53,6 +53,7 @@ from bench.throughput import (
     start_mock,
     start_nginx,
     start_tiermux,
+    summary_rows,
     verdict,
     write_report,
 )
@@ -192,18 +193,7 @@ def budgets_report(
     med = medians(by_target)
     label = {t: LABELS[t].format(workers=args.workers) for t in targets}
     cpu_us = {t: median_proxy_cpu_us(by_target[t]) for t in targets}
-    rows = [
-        [
-            label[t],
-            f"{med[t]['rps']:,.0f}",
-            f"{med[t]['p50_ms']:.2f}",
-            f"{med[t]['p99_ms']:.2f}",
-            f"{cpu_us[t]:.0f}" if cpu_us[t] is not None else "-",
-            sum(r.non2xx + r.socket_errors for r in by_target[t]),
-            ", ".join(f"{r.rps:,.0f}" for r in by_target[t]),
-        ]
-        for t in targets
-    ]
+    rows = summary_rows(targets, label, by_target)
     budgeted = [t for t in targets if t.startswith("budget-")]
     ratios = {t: ratio(med[t]["rps"], med["pass-through"]["rps"]) for t in budgeted}
     per_round = {

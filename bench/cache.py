@@ -52,8 +52,8 @@ from bench.throughput import (
     load_line,
     machine_info,
     md_table,
-    median_proxy_cpu_us,
     medians,
+    pair_ratios,
     process_tree,
     quiet_section,
     ratio,
@@ -62,6 +62,7 @@ from bench.throughput import (
     start_mock,
     start_nginx,
     start_tiermux,
+    summary_rows,
     tiermux_groups,
     verdict,
     write_report,
@@ -302,33 +303,13 @@ def cache_report(
     by_target = group_by_target(rounds, targets)
     med = medians(by_target)
     label = {t: LABELS[t].format(workers=args.workers) for t in targets}
-    cpu_us = {t: median_proxy_cpu_us(by_target[t]) for t in targets}
-    rows = [
-        [
-            label[t],
-            f"{med[t]['rps']:,.0f}",
-            f"{med[t]['p50_ms']:.2f}",
-            f"{med[t]['p99_ms']:.2f}",
-            f"{cpu_us[t]:.0f}" if cpu_us[t] is not None else "-",
-            sum(r.non2xx + r.socket_errors for r in by_target[t]),
-            ", ".join(f"{r.rps:,.0f}" for r in by_target[t]),
-        ]
-        for t in targets
-    ]
+    rows = summary_rows(targets, label, by_target)
     pairs = [
         ("cache-hit", "ceiling"),
         ("cache-hit", "miss"),
         *((t, "nginx") for t in targets if t != "nginx"),
     ]
-    # The targets of one round ran back to back: their ratio cancels slow drift on the machine.
-    ratio_rows = [
-        [
-            f"{a} / {b}",
-            f"{ratio(med[a]['rps'], med[b]['rps']):.2f}",
-            ", ".join(f"{ratio(x.rps, y.rps):.2f}" for x, y in zip(by_target[a], by_target[b], strict=True)),
-        ]
-        for a, b in pairs
-    ]
+    _, ratio_rows = pair_ratios(by_target, pairs)
     tiermux_runs = [r for t in targets if t in ("cache-hit", "miss") for r in by_target[t]]
     errors = sum(r.non2xx + r.socket_errors for r in tiermux_runs)
     hit_ratio = ratio(med["cache-hit"]["rps"], med["ceiling"]["rps"])

@@ -53,7 +53,7 @@ from bench.throughput import (
     machine_info,
     md_table,
     median_proxy_cpu_us,
-    medians,
+    pair_ratios,
     process_tree,
     quiet_section,
     ratio,
@@ -63,6 +63,7 @@ from bench.throughput import (
     start_mock,
     start_nginx,
     start_tiermux,
+    summary_rows,
     tiermux_groups,
     verdict,
     write_report,
@@ -289,21 +290,9 @@ def metrics_report(
     logged_after: tuple[int, int],
 ) -> str:
     by_target = group_by_target(rounds, targets)
-    med = medians(by_target)
     label = {t: LABELS[t].format(workers=args.workers) for t in targets}
     cpu_us = {t: median_proxy_cpu_us(by_target[t]) for t in targets}
-    rows = [
-        [
-            label[t],
-            f"{med[t]['rps']:,.0f}",
-            f"{med[t]['p50_ms']:.2f}",
-            f"{med[t]['p99_ms']:.2f}",
-            f"{cpu_us[t]:.0f}" if cpu_us[t] is not None else "-",
-            sum(r.non2xx + r.socket_errors for r in by_target[t]),
-            ", ".join(f"{r.rps:,.0f}" for r in by_target[t]),
-        ]
-        for t in targets
-    ]
+    rows = summary_rows(targets, label, by_target)
     pairs = [
         ("metrics-on", "metrics-off"),
         ("metrics+access-log", "metrics-off"),
@@ -311,16 +300,7 @@ def metrics_report(
         ("metrics-off", "nginx"),
         ("metrics-on", "nginx"),
     ]
-    ratios = {(a, b): ratio(med[a]["rps"], med[b]["rps"]) for a, b in pairs}
-    # The targets of one round ran back to back: their ratio cancels slow drift on the machine.
-    per_round = {
-        (a, b): [ratio(by_target[a][i].rps, by_target[b][i].rps) for i in range(len(rounds))]
-        for a, b in pairs
-    }
-    ratio_rows = [
-        [f"{a} / {b}", f"{ratios[(a, b)]:.2f}", ", ".join(f"{x:.2f}" for x in per_round[(a, b)])]
-        for a, b in pairs
-    ]
+    ratios, ratio_rows = pair_ratios(by_target, pairs)
     on_ratio = ratios[("metrics-on", "metrics-off")]
     tiermux = [t for t in targets if t != "nginx"]
     errors = sum(r.non2xx + r.socket_errors for t in tiermux for r in by_target[t])

@@ -904,6 +904,48 @@ def medians(by_target: dict[str, list[WrkResult]]) -> dict[str, dict[str, float]
     }
 
 
+def summary_rows(
+    targets: Sequence[str],
+    label: dict[str, str],
+    by_target: dict[str, list[WrkResult]],
+) -> list[list[object]]:
+    """One row per target: median req/s, p50, p99, proxy CPU per request, errors, req/s per round."""
+    med = medians(by_target)
+    rows: list[list[object]] = []
+    for t in targets:
+        us = median_proxy_cpu_us(by_target[t])
+        rows.append(
+            [
+                label[t],
+                f"{med[t]['rps']:,.0f}",
+                f"{med[t]['p50_ms']:.2f}",
+                f"{med[t]['p99_ms']:.2f}",
+                f"{us:.0f}" if us is not None else "-",
+                sum(r.non2xx + r.socket_errors for r in by_target[t]),
+                ", ".join(f"{r.rps:,.0f}" for r in by_target[t]),
+            ]
+        )
+    return rows
+
+
+def pair_ratios(
+    by_target: dict[str, list[WrkResult]], pairs: Sequence[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], float], list[list[object]]]:
+    """The req/s ratio of each pair (median against median), and table rows with it and its value
+    per round: the targets of one round ran back to back, so a round's ratio cancels slow drift."""
+    med = medians(by_target)
+    ratios = {(a, b): ratio(med[a]["rps"], med[b]["rps"]) for a, b in pairs}
+    rows: list[list[object]] = [
+        [
+            f"{a} / {b}",
+            f"{ratios[(a, b)]:.2f}",
+            ", ".join(f"{ratio(x.rps, y.rps):.2f}" for x, y in zip(by_target[a], by_target[b], strict=True)),
+        ]
+        for a, b in pairs
+    ]
+    return ratios, rows
+
+
 def proxy_cpu_us(result: WrkResult) -> float | None:
     """CPU per request of the proxy (every watched group but the mock and wrk), in µs; None when
     there is no proxy (the mock direct)."""
@@ -1283,20 +1325,7 @@ def routing_report(
             ]
         )
     pairs = [("routing-on", "pass-through"), ("routing-on", "nginx"), ("pass-through", "nginx")]
-    ratios = {pair: ratio(med[pair[0]]["rps"], med[pair[1]]["rps"]) for pair in pairs}
-    # The targets of one round ran back to back: their ratio cancels slow drift on the machine.
-    per_round = {
-        (a, b): [ratio(by_target[a][i].rps, by_target[b][i].rps) for i in range(len(rounds))]
-        for a, b in pairs
-    }
-    ratio_rows = [
-        [
-            f"{a} / {b}",
-            f"{ratios[(a, b)]:.2f}",
-            ", ".join(f"{x:.2f}" for x in per_round[(a, b)]),
-        ]
-        for a, b in pairs
-    ]
+    ratios, ratio_rows = pair_ratios(by_target, pairs)
     routing_ratio = ratios[("routing-on", "pass-through")]
     tiermux_runs = by_target["routing-on"] + by_target["pass-through"]
     checks = [
