@@ -131,7 +131,7 @@ def test_the_scores_of_all_instances_make_one_window(
     for _ in range(2):
         ask(b)
     state = extraction(b)
-    assert state["promoted"] and state["promotions"] == 1 and state["window_samples"] == 2
+    assert state["promoted"] and state["promotions"] == 1 and state["window_samples"] == 2, state
     assert tier_within(a, "capable")
     assert extraction(a)["promotions"] == 0
 

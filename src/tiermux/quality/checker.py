@@ -341,8 +341,12 @@ class QualityChecker:
             self._follow(category, verdict)
 
     def _follow(self, category: str, verdict: FleetVerdict) -> None:
-        """Take the fleet's decision; a promotion or return this call made is counted here (once
-        in the fleet), one made elsewhere is only mirrored."""
+        """Take a promotion or return this call made (counted here: once in the fleet). A verdict
+        that decided nothing is not applied: another score's verdict, sent later, may have been
+        taken already, and the state this one saw would undo it; the mirror brings decisions
+        made elsewhere."""
+        if verdict.action not in (PROMOTED, RECOVERED):
+            return
         if self.fleet is not None:
             self.fleet.followed(category)
         self.window.mirror(category, verdict.promoted_at)
