@@ -372,3 +372,14 @@ def test_a_body_routing_cannot_read_bypasses_the_cache_but_not_the_budget(
     assert calls(cloud) == 0
     allowed = cached()
     assert [outcome(allowed.chat(odd)) for _ in range(2)] == ["BYPASS", "BYPASS"]
+
+
+def test_without_dedup_identical_requests_in_flight_each_make_their_call(
+    cached: Callable[..., ProxyClient], vllm: BackendHandle
+) -> None:
+    client = cached({"dedup": False})
+    vllm.configure(latency_ms=200)
+    answers = concurrently(client, [GREEDY] * 4)
+    assert calls(vllm) == 4
+    assert sorted(outcome(a) for a in answers) == ["MISS"] * 4
+    assert outcome(client.chat(GREEDY)) == "HIT"  # each kept its answer; the cache still serves

@@ -695,3 +695,10 @@ def test_budget_and_state_errors_name_the_field(extra: dict[str, object], field:
     with pytest.raises(ConfigError) as error:
         parse_config(text, "t.yaml")
     assert field in str(error.value) and message in str(error.value)
+
+
+def test_the_access_log_path_is_found_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    tree = _tree(access_log={"enabled": True, "path": "logs/access.jsonl"})
+    config = load_config(write_config(tmp_path, tree), env={"CLOUD_KEY": "k"})
+    assert config.access_log.path == str(tmp_path / "logs" / "access.jsonl")
