@@ -1,7 +1,8 @@
-"""A fast mock OpenAI-compatible LLM backend for tests, benchmarks and demos.
+"""A fast mock LLM backend for tests, benchmarks and demos.
 
-It plays either a local vLLM server (``--flavor vllm``) or an OpenAI-like cloud API
-(``--flavor cloud``) and answers every completion with a canned text of ``--tokens`` words.
+It plays a local vLLM server (``--flavor vllm``), an OpenAI-like cloud API (``--flavor cloud``)
+or the Anthropic Messages API (``--flavor anthropic``) and answers every completion with a canned
+text of ``--tokens`` words.
 
 Quality tests can shape the answers:
 
@@ -16,19 +17,42 @@ Quality tests can shape the answers:
   and k - 1 made-up alternatives sharing the remaining probability, most likely first. Set e.g.
   -2.5 to play an unsure model.
 
+The Anthropic flavour serves ``POST /v1/messages`` (also streamed, as named server-sent events),
+``POST /v1/messages/count_tokens`` and ``GET /v1/models`` in Anthropic's shapes, and none of the
+OpenAI endpoints. It requires the ``anthropic-version`` header and takes the key from ``x-api-key``
+(or ``Authorization: Bearer``, which the official SDK uses too); errors come as
+``{"type": "error", "error": {"type": ..., "message": ...}}`` with a ``request-id`` header. The
+answer is the chat flavour's (same text, token counts, ``max_tokens`` cap and input token
+estimate); with ``tools`` it is a ``tool_use`` block unless ``tool_choice`` is ``none``, and
+``stop_sequences`` cut the text where they occur. In ``die-mid-stream`` failures a stream ends
+with an ``overloaded_error`` event instead of a cut connection, as the real API does. The
+request-independent parts live in :mod:`bench.mock_anthropic`.
+
+Keys and rate limits work in every flavour (Bearer in the OpenAI ones):
+
+* ``api_keys`` (``--api-key KEY[,KEY...]``; ``api_key`` from Python): any listed key is accepted,
+  anything else gets 401. No key configured accepts any.
+* ``rate_limited_keys`` (``--rate-limited-key KEY=SECONDS``, repeatable): requests with such a key
+  get 429 with ``retry-after`` (whole seconds, rounded up) until the option changes.
+* ``rate_limit_every`` (``--rate-limit-every N``): every Nth request gets 429 (retry after 1 s).
+
 The server is a raw :class:`asyncio.Protocol` on uvloop with :mod:`httptools` parsing, so that a
 single process stays well ahead of a proxy driven at tens of thousands of requests per second.
 Everything that does not depend on the request (status lines, header fragments, canned answers,
 the model list) is built once; request bodies are decoded with msgspec into small structs that
 hold only the fields the mock needs.
 
-Besides the OpenAI endpoints it serves a small control API under ``/_mock/`` so that tests can see
+Besides the API endpoints it serves a small control API under ``/_mock/`` so that tests can see
 what the proxy really sent and change latency or failure injection on a running backend:
 
 * ``GET /_mock/requests`` / ``DELETE /_mock/requests``: recorded requests (last 512), or clear them.
-* ``GET /_mock/stats``: request counters and connection gauges.
-* ``GET|POST /_mock/config``: read or change latency, token count, answer text, logprob and
-  failure injection (``{"text": null}`` switches back to the canned answer).
+* ``GET /_mock/stats``: request counters and connection gauges. ``by_key`` and
+  ``rate_limited_by_key`` count, per API key, the requests let through and those refused with 429;
+  they are kept whenever keys are checked (always in the Anthropic flavour, in the others when keys
+  or rate limits are configured), and a key appears only as its last four characters (half of a
+  key shorter than eight), never whole.
+* ``GET|POST /_mock/config``: read or change latency, token count, answer text, logprob, failure
+  injection and rate limits (``{"text": null}`` switches back to the canned answer).
 
 Run ``python -m bench.mock_backend --help`` for the command line, or use :class:`MockBackend` /
 :func:`run_in_thread` from Python.
@@ -61,6 +85,8 @@ import httptools
 import msgspec
 import uvloop
 
+from bench import mock_anthropic
+
 __all__ = [
     "BackendHandle",
     "MockBackend",
@@ -71,7 +97,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-Flavor = Literal["vllm", "cloud"]
+Flavor = Literal["vllm", "cloud", "anthropic"]
 FailMode = Literal["status", "reset", "hang", "die-mid-stream", "slow-stream"]
 Millis = Annotated[float, msgspec.Meta(ge=0)]
 TokenCount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
@@ -79,6 +105,8 @@ Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 ErrorStatus = Annotated[int, msgspec.Meta(ge=400, le=599)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 LogProb = Annotated[float, msgspec.Meta(ge=-9999.0, le=0.0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+EveryNth = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class MockOptions(msgspec.Struct, kw_only=True):
@@ -89,7 +117,8 @@ class MockOptions(msgspec.Struct, kw_only=True):
     port: Port = 0
     model: str = "qwen-9b"
     lora: tuple[str, ...] = ()
-    api_key: str | None = None
+    api_key: str | None = None  # one more accepted key, for Python callers (--api-key fills api_keys)
+    api_keys: tuple[str, ...] = ()
     latency_ms: Millis = 0.0
     ttft_ms: Millis = 0.0
     itl_ms: Millis = 0.0
@@ -100,6 +129,8 @@ class MockOptions(msgspec.Struct, kw_only=True):
     seed: int = 0
     text: str | None = None
     logprob: LogProb = -0.05
+    rate_limited_keys: dict[str, Seconds] = msgspec.field(default_factory=dict)
+    rate_limit_every: EveryNth = 0
 
 
 class _ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -118,6 +149,8 @@ class _ConfigPatch(msgspec.Struct, forbid_unknown_fields=True):
     seed: int | None = None
     text: str | msgspec.UnsetType | None = msgspec.UNSET
     logprob: LogProb | None = None
+    rate_limited_keys: dict[str, Seconds] | None = None
+    rate_limit_every: EveryNth | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +213,8 @@ class _EmbeddingRequest(msgspec.Struct):
 _CHAT_DECODER = msgspec.json.Decoder(_ChatRequest)
 _COMPLETION_DECODER = msgspec.json.Decoder(_CompletionRequest)
 _EMBEDDING_DECODER = msgspec.json.Decoder(_EmbeddingRequest)
+_MESSAGES_DECODER = msgspec.json.Decoder(mock_anthropic.MessagesRequest)
+_COUNT_TOKENS_DECODER = msgspec.json.Decoder(mock_anthropic.CountTokensRequest)
 _PATCH_DECODER = msgspec.json.Decoder(_ConfigPatch)
 _ENCODER = msgspec.json.Encoder()
 _encode = _ENCODER.encode
@@ -195,6 +230,9 @@ _SSE_TYPE = b"content-type: text/event-stream; charset=utf-8\r\ncache-control: n
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONNECTION_CLOSE = b"connection: close\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# What a 429 says about the remaining request budget, in each API's header.
+_OPENAI_REMAINING = b"x-ratelimit-remaining-requests: 0\r\n"
+_ANTHROPIC_REMAINING = b"anthropic-ratelimit-requests-remaining: 0\r\n"
 # "[DONE]" sentinel followed by the zero-length chunk that ends the chunked body.
 _STREAM_END = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
 # Response documents are filled into byte templates: every field but the few that vary per
@@ -337,6 +375,20 @@ def _embedding_inputs(value: str | list[Any]) -> list[Any]:
     if value and all(isinstance(v, int) for v in value):
         return [value]  # a single pre-tokenised input
     return value
+
+
+def _key_label(key: bytes) -> str:
+    """How a key appears in stats: its last four characters (half of a shorter key), never whole."""
+    shown = min(4, len(key) // 2)
+    return key[len(key) - shown :].decode("utf-8", "replace")
+
+
+def _key_counts(counts: dict[bytes, int]) -> dict[str, int]:
+    labelled: dict[str, int] = {}
+    for key, n in counts.items():
+        label = _key_label(key)
+        labelled[label] = labelled.get(label, 0) + n
+    return labelled
 
 
 def _tool_call_id(rid: bytes, index: int) -> str:
@@ -502,6 +554,7 @@ class _Plan:
 
 Reply = bytes | _Plan
 Handler = Callable[[_Request, bytes, bool], bytes | _Stream]
+Gate = Callable[[_Request, bytes, bytes], bytes | None]  # (request, path, rid) -> refusal or None
 
 
 class _Connection(asyncio.Protocol):
@@ -735,8 +788,16 @@ class MockBackend:
         self.options: MockOptions = msgspec.convert({**base, **overrides}, MockOptions)
         opts = self.options
         self._rng = random.Random(opts.seed)
-        self._auth_value = b"Bearer " + opts.api_key.encode() if opts.api_key else None
         self._cloud = opts.flavor == "cloud"
+        self._anthropic = opts.flavor == "anthropic"
+        keys = (*opts.api_keys, opts.api_key) if opts.api_key else opts.api_keys
+        self._keys = frozenset(key.encode() for key in keys)  # empty: any key, or none, will do
+        # Per-key checks, None when there is nothing to check (see _refresh_gate).
+        self._gate: Gate | None = None
+        self._limited: dict[bytes, int] = {}  # rate-limited key -> retry-after seconds
+        self._gated = 0  # requests let through, for rate_limit_every
+        self._by_key: dict[bytes, int] = {}
+        self._limited_by_key: dict[bytes, int] = {}
         self._id_prefix = secrets.token_hex(6).encode()
         self._id_counter = 0
         self._created = int(time.time())
@@ -750,14 +811,23 @@ class MockBackend:
         self._connections: set[_Connection] = set()
         self._connections_total = 0
         self._server: asyncio.Server | None = None
-        self._routes: dict[bytes, dict[bytes, Handler]] = {
-            b"/v1/models": {b"GET": self._models},
-            b"/v1/chat/completions": {b"POST": self._chat},
-            b"/v1/completions": {b"POST": self._completions},
-            b"/v1/embeddings": {b"POST": self._embeddings},
-        }
-        if not self._cloud:
-            self._routes[b"/health"] = {b"GET": self._health}
+        self._routes: dict[bytes, dict[bytes, Handler]]
+        if self._anthropic:
+            self._routes = {
+                b"/v1/messages": {b"POST": self._messages},
+                b"/v1/messages/count_tokens": {b"POST": self._count_tokens},
+                b"/v1/models": {b"GET": self._anthropic_models},
+            }
+        else:
+            self._routes = {
+                b"/v1/models": {b"GET": self._models},
+                b"/v1/chat/completions": {b"POST": self._chat},
+                b"/v1/completions": {b"POST": self._completions},
+                b"/v1/embeddings": {b"POST": self._embeddings},
+            }
+            if not self._cloud:
+                self._routes[b"/health"] = {b"GET": self._health}
+        self._refresh_gate()
 
     # lifecycle --------------------------------------------------------------------------------
 
@@ -815,13 +885,14 @@ class MockBackend:
 
     @property
     def url(self) -> str:
-        """The OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``."""
+        """The OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1`` (Anthropic clients take root_url)."""
         return self.root_url + "/v1"
 
     # introspection ----------------------------------------------------------------------------
 
     def configure(self, **changes: Any) -> None:
-        """Change run-time options (latency_ms, ttft_ms, itl_ms, tokens, fail_*, seed, text, logprob).
+        """Change run-time options (latency_ms, ttft_ms, itl_ms, tokens, fail_*, seed, text, logprob,
+        rate_limited_keys, rate_limit_every).
 
         ``text=None`` switches back to the canned answer; ``None`` leaves any other option as is.
         """
@@ -834,6 +905,8 @@ class MockBackend:
             "by_path": {path.decode("latin-1"): n for path, n in self._by_path.items()},
             "open_connections": len(self._connections),
             "connections_total": self._connections_total,
+            "by_key": _key_counts(self._by_key),
+            "rate_limited_by_key": _key_counts(self._limited_by_key),
         }
 
     def recorded(self) -> list[dict[str, Any]]:
@@ -853,6 +926,9 @@ class MockBackend:
         self._records.clear()
         self._by_path.clear()
         self._connections_total = 0
+        self._by_key.clear()
+        self._limited_by_key.clear()
+        self._gated = 0
 
     def _apply(self, patch: _ConfigPatch) -> None:
         for name in patch.__struct_fields__:
@@ -862,6 +938,23 @@ class MockBackend:
             setattr(self.options, name, value)
         if patch.seed is not None:
             self._rng.seed(patch.seed)
+        if patch.rate_limited_keys is not None or patch.rate_limit_every is not None:
+            self._refresh_gate()
+
+    def _refresh_gate(self) -> None:
+        """Decide which per-key checks run, after the keys or rate limits changed.
+
+        The OpenAI flavours skip them entirely unless keys or limits are configured (the
+        benchmark's hot path); the Anthropic flavour always checks its headers.
+        """
+        opts = self.options
+        self._limited = {key.encode(): math.ceil(delay) for key, delay in opts.rate_limited_keys.items()}
+        if self._anthropic:
+            self._gate = self._anthropic_gate
+        elif self._keys or self._limited or opts.rate_limit_every:
+            self._gate = self._openai_gate
+        else:
+            self._gate = None
 
     def _connection_opened(self, connection: _Connection) -> None:
         self._connections.add(connection)
@@ -894,9 +987,11 @@ class MockBackend:
         handler = methods.get(request.method)
         if handler is None:
             return self._not_allowed(request, rid, b", ".join(methods))
-        if self._auth_value is not None and request.auth != self._auth_value and path.startswith(b"/v1/"):
-            message = "Incorrect API key provided."
-            return self._error(request, rid, 401, message, code="invalid_api_key")
+        gate = self._gate
+        if gate is not None:
+            refusal = gate(request, path, rid)
+            if refusal is not None:
+                return refusal
 
         opts = self.options
         rate = opts.fail_rate
@@ -908,6 +1003,56 @@ class MockBackend:
         if opts.latency_ms > 0.0:
             return _Plan([(opts.latency_ms / 1000.0, reply)])
         return reply
+
+    def _openai_gate(self, request: _Request, path: bytes, rid: bytes) -> bytes | None:
+        """Bearer key and rate limits, for the API endpoints only (not ``/health``)."""
+        if not path.startswith(b"/v1/"):
+            return None
+        auth = request.auth
+        key = auth[7:] if auth is not None and auth.startswith(b"Bearer ") else None
+        if self._keys and key not in self._keys:
+            message = "Incorrect API key provided."
+            return self._error(request, rid, 401, message, code="invalid_api_key")
+        return self._limit(request, rid, key)
+
+    def _anthropic_gate(self, request: _Request, path: bytes, rid: bytes) -> bytes | None:
+        """``x-api-key`` (or a Bearer key), the required ``anthropic-version``, rate limits."""
+        key: bytes | None = None
+        version = False
+        for name, value in request.headers:
+            size = len(name)  # length checks first: they rule out most headers without lower()
+            if size == 9 and name.lower() == b"x-api-key":
+                key = value
+            elif size == 17 and name.lower() == b"anthropic-version":
+                version = True
+        if key is None:
+            auth = request.auth
+            if auth is not None and auth.startswith(b"Bearer "):
+                key = auth[7:]
+        if self._keys and key not in self._keys:
+            return self._error(request, rid, 401, "invalid x-api-key")
+        if not version:
+            return self._error(request, rid, 400, "anthropic-version: header is required")
+        return self._limit(request, rid, key)
+
+    def _limit(self, request: _Request, rid: bytes, key: bytes | None) -> bytes | None:
+        """Refuse with 429 a rate-limited key, or every Nth request; count what passes per key."""
+        retry = self._limited.get(key) if key else None
+        every = self.options.rate_limit_every
+        if retry is None and every:
+            self._gated += 1
+            if self._gated % every == 0:
+                retry = 1
+        if retry is not None:
+            if key:
+                self._limited_by_key[key] = self._limited_by_key.get(key, 0) + 1
+            remaining = _ANTHROPIC_REMAINING if self._anthropic else _OPENAI_REMAINING
+            extra = b"retry-after: %d\r\n%s" % (retry, remaining)
+            message = "Number of requests has exceeded your rate limit."
+            return self._error(request, rid, 429, message, code="rate_limit_exceeded", extra=extra)
+        if key:
+            self._by_key[key] = self._by_key.get(key, 0) + 1
+        return None
 
     def _internal_error(self, request: _Request, exc: Exception) -> bytes:
         return self._error(request, self._next_id(), 500, f"mock backend error: {exc!r}")
@@ -928,6 +1073,11 @@ class MockBackend:
         if mode == "die-mid-stream":
             reply = handler(request, rid, False)
             if isinstance(reply, _Stream):
+                if self._anthropic:
+                    # The real API reports a failure after the stream began as an error event,
+                    # then ends the body properly: the opening events, a delta, the error.
+                    kept = reply.frames[: min(2, len(reply.frames) - 1)]
+                    return _Plan([(0.0, reply.head), *kept, (0.0, mock_anthropic.STREAM_ERROR)])
                 return _Plan([(0.0, reply.head), *reply.frames[:2]], _ABORT)
             body_start = reply.find(b"\r\n\r\n") + 4
             cut = body_start + (len(reply) - body_start) // 2
@@ -985,6 +1135,9 @@ class MockBackend:
         code: str | None = None,
         extra: bytes = b"",
     ) -> bytes:
+        if self._anthropic:
+            body = mock_anthropic.error_body(status, message)
+            return self._anthropic_head(request, rid, status, _JSON_TYPE, len(body), extra) + body
         body = _error_body(message, _error_type(status), code)
         return self._head(request, rid, status, _JSON_TYPE, len(body), 0.0, extra) + body
 
@@ -1089,6 +1242,8 @@ class MockBackend:
 
     def _build_models_body(self) -> bytes:
         opts = self.options
+        if self._anthropic:
+            return mock_anthropic.models_body((opts.model,), self._created)
         if self._cloud:
             data = [
                 {
@@ -1272,6 +1427,123 @@ class MockBackend:
         }
         return self._json(request, rid, _encode(document))
 
+    # Anthropic endpoints ----------------------------------------------------------------------
+
+    def _anthropic_head(
+        self,
+        request: _Request,
+        rid: bytes,
+        status: int,
+        content_type: bytes,
+        length: int | None,
+        extra: bytes = b"",
+    ) -> bytes:
+        """Status line and headers in the Anthropic style; ``length=None`` means a chunked body."""
+        framing = _CHUNKED if length is None else b"content-length: %d\r\n" % length
+        if not request.keep_alive:
+            extra += _CONNECTION_CLOSE
+        return b"%s%s%srequest-id: req_%s\r\n%s\r\n" % (
+            _status_line(status),
+            content_type,
+            framing,
+            rid,
+            extra,
+        )
+
+    def _anthropic_json(self, request: _Request, rid: bytes, body: bytes) -> bytes:
+        return self._anthropic_head(request, rid, 200, _JSON_TYPE, len(body)) + body
+
+    def _anthropic_models(self, request: _Request, rid: bytes, slow: bool) -> bytes:
+        return self._anthropic_json(request, rid, self._models_body)
+
+    def _count_tokens(self, request: _Request, rid: bytes, slow: bool) -> bytes:
+        try:
+            body = _COUNT_TOKENS_DECODER.decode(request.body)
+        except msgspec.DecodeError as exc:
+            return self._bad_request(request, rid, exc)
+        if not body.messages:
+            return self._error(request, rid, 400, "messages: at least one message is required")
+        return self._anthropic_json(request, rid, b'{"input_tokens":%d}' % _prompt_tokens(request.body))
+
+    def _messages(self, request: _Request, rid: bytes, slow: bool) -> bytes | _Stream:
+        try:
+            body = _MESSAGES_DECODER.decode(request.body)
+        except msgspec.DecodeError as exc:
+            return self._bad_request(request, rid, exc)
+        if not body.messages:
+            return self._error(request, rid, 400, "messages: at least one message is required")
+        answer = self._answer(rid, body.model, 1, request.body, body.max_tokens)
+        tool = mock_anthropic.chosen_tool(body)
+        if tool is not None:
+            arguments = mock_anthropic.tool_input(tool)
+            if body.stream:
+                # The block opens with an empty input, which follows as two input_json_delta
+                # pieces (like the chat flavour's two deltas).
+                block = mock_anthropic.tool_use_block(rid, tool, {})
+                encoded = _encode(arguments).decode()
+                half = len(encoded) // 2
+                pieces = mock_anthropic.json_deltas((encoded[:half], encoded[half:]))
+                return self._anthropic_stream(
+                    request, answer, block, pieces, "tool_use", None, _TOOL_CALL_TOKENS, slow
+                )
+            block = mock_anthropic.tool_use_block(rid, tool, arguments)
+            document = mock_anthropic.message(
+                rid, answer.model, _encode([block]), "tool_use", None, answer.prompt, _TOOL_CALL_TOKENS
+            )
+            return self._anthropic_json(request, rid, document)
+
+        stop = mock_anthropic.stop_reason(answer.finish)
+        count, tokens, matched = answer.count, answer.pieces, None
+        if body.stop_sequences:
+            words = tokens if tokens is not None else _answer_tokens(count, False)
+            cut, matched = mock_anthropic.cut_at_stop_sequence(words, body.stop_sequences)
+            if matched is not None:
+                count, tokens, stop = len(cut), cut, "stop_sequence"
+        # The canned answer takes the cached paths; a configured or cut text is built here.
+        if body.stream:
+            deltas: list[bytes] | None
+            if tokens is not None:
+                deltas = mock_anthropic.text_deltas(tokens)
+            else:
+                key = ("anthropic-stream", count)
+                deltas = self._cache.get(key)
+                if deltas is None:
+                    deltas = self._remember(key, mock_anthropic.text_deltas(_answer_tokens(count, False)))
+            return self._anthropic_stream(request, answer, None, deltas, stop, matched, count, slow)
+        content: bytes | None
+        if tokens is not None:
+            content = mock_anthropic.text_content("".join(tokens))
+        else:
+            key = ("anthropic", count)
+            content = self._cache.get(key)
+            if content is None:
+                text = "".join(_answer_tokens(count, False))
+                content = self._remember(key, mock_anthropic.text_content(text))
+        document = mock_anthropic.message(rid, answer.model, content, stop, matched, answer.prompt, count)
+        return self._anthropic_json(request, rid, document)
+
+    def _anthropic_stream(
+        self,
+        request: _Request,
+        answer: _Answer,
+        block: dict[str, Any] | None,
+        deltas: list[bytes],
+        stop: str,
+        stop_sequence: str | None,
+        output_tokens: int,
+        slow: bool,
+    ) -> _Stream:
+        """Time a Messages stream like the chat stream.
+
+        The opening events come at TTFT together with the first delta, later deltas one ITL
+        apart, and the closing events right after the last.
+        """
+        ttft, itl = self._timing(slow)
+        frames = [(ttft, mock_anthropic.stream_start(answer.rid, answer.model, answer.prompt, block))]
+        frames.extend((itl if i else 0.0, delta) for i, delta in enumerate(deltas))
+        frames.append((0.0, mock_anthropic.stream_end(stop, stop_sequence, output_tokens)))
+        return _Stream(self._anthropic_head(request, answer.rid, 200, _SSE_TYPE, None), frames)
+
     # control API ------------------------------------------------------------------------------
 
     def _control(self, request: _Request, path: bytes, rid: bytes) -> bytes:
@@ -1419,18 +1691,42 @@ def _split_lora(value: str) -> tuple[str, ...]:
     return tuple(name for name in names if name)
 
 
+def _split_keys(value: str) -> tuple[str, ...]:
+    return tuple(key for key in (part.strip() for part in value.split(",")) if key)
+
+
+def _rate_limited_key(value: str) -> tuple[str, float]:
+    """``KEY=SECONDS`` as a pair; the key itself may contain ``=``, the seconds may not."""
+    key, sep, seconds = value.rpartition("=")
+    try:
+        delay = float(seconds)
+    except ValueError:
+        delay = -1.0
+    if not sep or not key or not delay >= 0.0:
+        raise argparse.ArgumentTypeError(f"expected KEY=SECONDS with SECONDS >= 0, got {value!r}")
+    return key, delay
+
+
 def parse_args(argv: Sequence[str] | None = None) -> MockOptions:
     """Parse command-line flags into validated :class:`MockOptions`."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.mock_backend",
-        description="Mock OpenAI-compatible LLM backend (vLLM or cloud flavour).",
+        description="Mock LLM backend: vLLM, OpenAI-like cloud or Anthropic Messages API flavour.",
     )
-    parser.add_argument("--flavor", choices=("vllm", "cloud"), default="vllm")
+    parser.add_argument("--flavor", choices=("vllm", "cloud", "anthropic"), default="vllm")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--model", default="qwen-9b")
     parser.add_argument("--lora", type=_split_lora, default=(), help="comma-separated adapter names")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        type=_split_keys,
+        default=(),
+        metavar="KEY[,KEY...]",
+        help="accept only these keys, sent as 'Authorization: Bearer KEY' (the anthropic flavour "
+        "also takes 'x-api-key: KEY'); default: any key, or none",
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of non-streaming answers")
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token")
     parser.add_argument("--itl-ms", type=float, default=0.0, help="delay between tokens")
@@ -1455,9 +1751,28 @@ def parse_args(argv: Sequence[str] | None = None) -> MockOptions:
         default=-0.05,
         help="log-probability of every token when a chat request asks for logprobs (<= 0)",
     )
+    parser.add_argument(
+        "--rate-limited-key",
+        dest="rate_limited_keys",
+        type=_rate_limited_key,
+        action="append",
+        default=[],
+        metavar="KEY=SECONDS",
+        help="answer requests with this key with 429 and 'retry-after: SECONDS' (rounded up) until "
+        "/_mock/config changes it; repeatable",
+    )
+    parser.add_argument(
+        "--rate-limit-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer every Nth request with 429 and 'retry-after: 1' (0: never)",
+    )
     args = parser.parse_args(argv)
+    values = vars(args)
+    values["rate_limited_keys"] = dict(values["rate_limited_keys"])
     try:
-        return msgspec.convert(vars(args), MockOptions)
+        return msgspec.convert(values, MockOptions)
     except msgspec.ValidationError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits

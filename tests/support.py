@@ -48,6 +48,8 @@ MOCK_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "text": None,
     "logprob": -0.05,
+    "rate_limited_keys": {},
+    "rate_limit_every": 0,
 }
 
 

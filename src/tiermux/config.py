@@ -30,6 +30,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Price",
+    "RetryConfig",
     "RoutingConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -104,15 +105,40 @@ class Timeouts(_Strict, frozen=True):
     read: PositiveFloat = 300.0
 
 
+class RetryConfig(_Strict, frozen=True):
+    """Retries of a request a backend turned away for now (429, 529, 503) before its answer
+    began: another of its keys at once, else another backend of the chain, else the same
+    backend again after a jittered, growing pause."""
+
+    attempts: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    """Retries per request, beyond the first try of each backend."""
+    backoff: PositiveFloat = 0.5
+    """Seconds of the first pause; each retry doubles it, and a random share of it is waited."""
+    max_backoff: PositiveFloat = 8.0
+    """The longest pause, also for a ``retry-after``: one asking longer is not waited for."""
+
+
 class BackendConfig(_Strict, frozen=True):
-    """One model endpoint. ``base_url`` is what the OpenAI SDK would take (``.../v1``)."""
+    """One model endpoint. ``base_url`` is what the SDK of its ``type`` would take (``.../v1``)."""
 
     name: str
     base_url: str
     model: str
-    type: Literal["openai"] = "openai"
+    type: Literal["openai", "anthropic"] = "openai"
+    """``openai``: Chat Completions (vLLM, Ollama, OpenAI, any compatible API); ``anthropic``:
+    Anthropic's Messages API. Requests in the other dialect are translated both ways."""
     api_key: str = ""
+    api_keys: list[str] = []
+    """Several keys (``${VAR}`` only), used in turn; a key answered 429 rests for its
+    ``retry-after``."""
     api_key_file: str | None = None
+    """A secrets file with the key (or several, one per line)."""
+    anthropic_version: str = "2023-06-01"
+    """The ``anthropic-version`` header of an ``anthropic`` backend's requests."""
+    default_max_tokens: PositiveInt = 4096
+    """``max_tokens`` of a request translated for an ``anthropic`` backend that set none (the
+    Messages API requires one)."""
+    retry: RetryConfig = RetryConfig()
     price: Price = Price()
     timeout: Timeouts = Timeouts()
     max_connections: PositiveInt = 256
@@ -122,10 +148,10 @@ class BackendConfig(_Strict, frozen=True):
     headers: dict[str, str] = {}
 
     def __repr__(self) -> str:  # the key must never reach a log line
-        key = "'***'" if self.api_key else "''"
+        keys = ["***"] * (len(self.api_keys) + bool(self.api_key))
         return (
-            f"BackendConfig(name={self.name!r}, base_url={self.base_url!r}, "
-            f"model={self.model!r}, api_key={key})"
+            f"BackendConfig(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r}, "
+            f"model={self.model!r}, api_keys={keys})"
         )
 
 
@@ -366,7 +392,7 @@ class Config(_Strict, frozen=True):
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Where secrets live: a literal there would end up in version control and in config dumps.
 _SECRET_PATH = re.compile(
-    r"\$\.backends\[\d+\]\.api_key|\$\.auth\.(admin_)?keys\[\d+\]|\$\.services\.[^.]+\.keys\[\d+\]"
+    r"\$\.backends\[\d+\]\.api_keys?(\[\d+\])?|\$\.auth\.(admin_)?keys\[\d+\]|\$\.services\.[^.]+\.keys\[\d+\]"
 )
 
 
@@ -423,12 +449,21 @@ def _check_references(config: Config, source: str) -> None:
             raise ConfigError(
                 source, f"{where}.base_url", f"expected an http:// or https:// URL, got {backend.base_url!r}"
             )
-        for header, value in [("api_key", backend.api_key), *backend.headers.items()]:
+        secrets = [("api_key", backend.api_key)]
+        secrets += [(f"api_keys[{j}]", key) for j, key in enumerate(backend.api_keys)]
+        for header, value in [*secrets, *backend.headers.items(), ("anthropic_version", backend.anthropic_version)]:
             if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
-                field = header if header == "api_key" else f"headers.{header}"
+                field = header if header.startswith(("api_key", "anthropic")) else f"headers.{header}"
                 raise ConfigError(source, f"{where}.{field}", "line breaks are not allowed in header values")
-        if backend.api_key and backend.api_key_file:
-            raise ConfigError(source, f"{where}.api_key_file", "set api_key or api_key_file, not both")
+        for j, key in enumerate(backend.api_keys):
+            if not key:
+                raise ConfigError(
+                    source, f"{where}.api_keys[{j}]", "empty key (is its environment variable set?)"
+                )
+        if sum((bool(backend.api_key), bool(backend.api_keys), bool(backend.api_key_file))) > 1:
+            raise ConfigError(
+                source, f"{where}.api_key_file", "set one of api_key, api_keys and api_key_file"
+            )
         if backend.api_key_file and not Path(backend.api_key_file).is_file():
             raise ConfigError(source, f"{where}.api_key_file", f"no such file: {backend.api_key_file}")
     if not config.backends:
@@ -657,8 +692,12 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     return parse_config(text, source, env)
 
 
-def read_api_key(backend: BackendConfig) -> str:
-    """The backend's key, from the environment (already expanded) or its secrets file."""
+def read_api_keys(backend: BackendConfig) -> list[str]:
+    """The backend's keys, from the environment (already expanded) or its secrets file (one per
+    line; blank lines and ``#`` comments are skipped). Empty when it has none."""
     if backend.api_key_file:
-        return Path(backend.api_key_file).read_text(encoding="utf-8").strip()
-    return backend.api_key
+        lines = Path(backend.api_key_file).read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if backend.api_keys:
+        return list(backend.api_keys)
+    return [backend.api_key] if backend.api_key else []

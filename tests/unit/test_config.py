@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tests.support import DEMO_CONFIG, ROOT, write_config
 
-from tiermux.config import BackendConfig, Config, ConfigError, load_config, parse_config, read_api_key
+from tiermux.config import BackendConfig, Config, ConfigError, load_config, parse_config, read_api_keys
 from tiermux.upstream.backend import Backend
 
 SECRET = "sk-live-0123456789abcdef"
@@ -348,7 +348,7 @@ def test_api_key_file_is_read(tmp_path: Path) -> None:
     config = _parse(tree)
     backend_config = config.backends[1]
     assert backend_config.api_key == ""
-    assert read_api_key(backend_config) == SECRET
+    assert read_api_keys(backend_config) == [SECRET]
     request = Backend(backend_config).serialise("POST", "/chat/completions", b"{}")
     assert f"\r\nAuthorization: Bearer {SECRET}\r\n".encode() in request
     assert SECRET not in repr(Backend(backend_config))
@@ -405,7 +405,7 @@ def test_repr_never_shows_the_key() -> None:
 
 def test_backend_config_repr_with_no_key() -> None:
     local = BackendConfig(name="local", base_url="http://127.0.0.1:1/v1", model="m")
-    assert "api_key=''" in repr(local)
+    assert "api_keys=[]" in repr(local)
 
 
 # --- exposure ------------------------------------------------------------------------------------
@@ -702,3 +702,56 @@ def test_the_access_log_path_is_found_relative_to_the_config_file(tmp_path: Path
     tree = _tree(access_log={"enabled": True, "path": "logs/access.jsonl"})
     config = load_config(write_config(tmp_path, tree), env={"CLOUD_KEY": "k"})
     assert config.access_log.path == str(tmp_path / "logs" / "access.jsonl")
+
+
+# --- Anthropic backends and several keys -------------------------------------------------------
+
+
+def _claude(**fields: Any) -> dict[str, Any]:
+    entry = {"name": "claude", "base_url": "https://api.anthropic.example/v1", "model": "claude-x"}
+    return {**entry, "type": "anthropic", **fields}
+
+
+def test_an_anthropic_backend_sends_its_key_as_x_api_key_with_the_version() -> None:
+    config = _parse(_tree(backends=[_claude(api_key="${CLOUD_KEY}")], tiers={"t": ["claude"]}))
+    backend = Backend(config.backends[0])
+    request = backend.serialise("POST", "/messages", b"{}")
+    assert request.startswith(b"POST /v1/messages HTTP/1.1\r\n")
+    assert f"\r\nx-api-key: {SECRET}\r\n".encode() in request
+    assert b"\r\nanthropic-version: 2023-06-01\r\n" in request
+    assert b"Authorization" not in request
+    assert backend.dialect == "anthropic"
+
+
+def test_several_keys_each_get_their_own_header_and_none_shows_in_reprs() -> None:
+    env = {"K1": "sk-one-0001", "K2": "sk-two-0002", "CLOUD_KEY": SECRET}
+    config = _parse(_tree(backends=[_claude(api_keys=["${K1}", "${K2}"])], tiers={"t": ["claude"]}), env)
+    backend = Backend(config.backends[0])
+    assert b"x-api-key: sk-two-0002\r\n" in backend.serialise("POST", "/messages", b"{}", key=1)
+    assert backend.keys.count == 2
+    for text in (repr(config.backends[0]), repr(config), repr(backend), repr(backend.keys)):
+        assert "sk-one" not in text and "sk-two" not in text
+
+
+def test_literal_or_empty_keys_in_a_list_are_refused_with_their_path() -> None:
+    error = _error(_tree(backends=[_claude(api_keys=["sk-literal"])], tiers={"t": ["claude"]}))
+    assert error.path == "$.backends[0].api_keys[0]"
+    error = _error(_tree(backends=[_claude(api_keys=["${EMPTY}"])], tiers={"t": ["claude"]}), {"EMPTY": ""})
+    assert error.path == "$.backends[0].api_keys[0]" and "empty" in error.message
+    both = _claude(api_key="${CLOUD_KEY}", api_keys=["${CLOUD_KEY}"])
+    assert "one of" in _error(_tree(backends=[both], tiers={"t": ["claude"]})).message
+
+
+def test_a_key_file_may_hold_several_keys(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# rotation\nsk-a\n\n  sk-b  \n", encoding="utf-8")
+    config = _parse(_tree(backends=[_claude(api_key_file=str(key_file))], tiers={"t": ["claude"]}))
+    assert read_api_keys(config.backends[0]) == ["sk-a", "sk-b"]
+
+
+def test_an_unknown_backend_type_and_bad_retry_settings_name_the_field() -> None:
+    assert _error(_tree(backends=[_claude(type="gemini")], tiers={"t": ["claude"]})).path == (
+        "$.backends[0].type"
+    )
+    bad = _claude(retry={"attempts": -1})
+    assert _error(_tree(backends=[bad], tiers={"t": ["claude"]})).path == "$.backends[0].retry.attempts"

@@ -19,14 +19,14 @@ _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 MAX_EVENT_BYTES = 1 << 20  # a longer event than this is relayed without being looked at
 
 
-class _Details(msgspec.Struct):
+class PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
 
 
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    prompt_tokens_details: _Details | None = None
+    prompt_tokens_details: PromptDetails | None = None
 
     @property
     def cached_tokens(self) -> int:

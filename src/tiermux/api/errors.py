@@ -18,6 +18,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "ProxyError",
+    "RateLimited",
     "ServiceUnavailable",
     "UpstreamFailure",
 ]
@@ -92,6 +93,18 @@ class MethodNotAllowed(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    """Every key of the backends that could answer is resting after the provider's 429s."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        seconds = str(max(1, int(retry_after + 0.999))).encode()
+        super().__init__(message, headers=[(b"retry-after", seconds)])
 
 
 class UpstreamFailure(ProxyError):

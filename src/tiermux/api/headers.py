@@ -28,10 +28,15 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+# A translated answer has another body than the backend's: its length is the server's to write.
+_NOT_RELAYED_TRANSLATED = _NOT_RELAYED | {b"content-length"}
+
+
 def relayed_headers(
-    upstream: list[tuple[bytes, bytes]], added: list[tuple[bytes, bytes]]
+    upstream: list[tuple[bytes, bytes]], added: list[tuple[bytes, bytes]], translated: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's end-to-end headers (names already lower-case), then ``added``."""
-    headers = [header for header in upstream if header[0] not in _NOT_RELAYED]
+    dropped = _NOT_RELAYED_TRANSLATED if translated else _NOT_RELAYED
+    headers = [header for header in upstream if header[0] not in dropped]
     headers.extend(added)
     return headers

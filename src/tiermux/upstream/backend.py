@@ -1,6 +1,6 @@
 """A configured backend, ready for the hot path: its pool and its request head, precomputed.
 
-Everything that does not change between requests (request line, ``Host``, the API key header,
+Everything that does not change between requests (request line, ``Host``, each API key's header,
 static headers, the model name as JSON) is serialised once here, so that forwarding a request is
 one concatenation of bytes.
 """
@@ -14,9 +14,11 @@ import msgspec
 
 from tiermux import __version__
 from tiermux._speedups import h1client
-from tiermux.config import BackendConfig, read_api_key
+from tiermux.config import BackendConfig, read_api_keys
 from tiermux.upstream.errors import UpstreamError
+from tiermux.upstream.keys import KeyRing
 from tiermux.upstream.pool import ConnectionPool, Origin
+from tiermux.upstream.retry import RetryPolicy
 
 __all__ = ["Backend"]
 
@@ -24,12 +26,14 @@ _USER_AGENT = f"tiermux/{__version__}".encode()
 
 
 class Backend:
-    """One model endpoint: name, model, prices, pool and precomputed request heads."""
+    """One model endpoint: name, model, dialect, pool, keys and precomputed request heads."""
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
         self.model = config.model
+        self.dialect = config.type
+        self.retry = RetryPolicy(config.retry)
         self.model_json = msgspec.json.encode(config.model)
         self.read_timeout = config.timeout.read
         url = urlsplit(config.base_url)
@@ -49,11 +53,15 @@ class Backend:
         if ":" in host and not default_port:  # an IPv6 literal needs its brackets back
             host_header = f"[{host}]:{port}"
         lines = [f"Host: {host_header}".encode(), b"User-Agent: " + _USER_AGENT]
-        api_key = read_api_key(config)
-        if api_key:
-            lines.append(f"Authorization: Bearer {api_key}".encode())
+        if self.dialect == "anthropic":
+            lines.append(f"anthropic-version: {config.anthropic_version}".encode())
         lines.extend(f"{name}: {value}".encode() for name, value in config.headers.items())
         self._fixed_headers = b"\r\n".join(lines) + b"\r\n"
+        # One header line per key, chosen per request (a backend without a key has one, empty).
+        keys = read_api_keys(config)
+        key_header = "x-api-key: {}\r\n" if self.dialect == "anthropic" else "Authorization: Bearer {}\r\n"
+        self._key_lines = [key_header.format(key).encode() for key in keys] or [b""]
+        self.keys = KeyRing(len(self._key_lines))
         self._request_lines: dict[tuple[str, str], bytes] = {}
 
     def __repr__(self) -> str:
@@ -67,11 +75,22 @@ class Backend:
             self._request_lines[key] = line
         return line
 
-    def serialise(self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b"") -> bytes:
-        """The complete request for ``endpoint`` (relative to ``base_url``, e.g. ``/chat/completions``)."""
+    def serialise(
+        self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b"", key: int = 0
+    ) -> bytes:
+        """The complete request for ``endpoint`` (relative to ``base_url``, e.g. ``/chat/completions``),
+        with key number ``key`` of the backend's keys."""
         length = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body) if body else b""
         return b"".join(
-            (self._request_line(method, endpoint), self._fixed_headers, extra_headers, length, b"\r\n", body)
+            (
+                self._request_line(method, endpoint),
+                self._fixed_headers,
+                self._key_lines[key],
+                extra_headers,
+                length,
+                b"\r\n",
+                body,
+            )
         )
 
     async def probe(self, timeout: float | None = None) -> bool:
@@ -93,9 +112,11 @@ class Backend:
     async def send(
         self, method: str, endpoint: str, body: bytes, extra_headers: bytes = b""
     ) -> h1client.Response:
-        """Send a request and return the answer once its headers are in."""
+        """Send a request (with the next key that is not resting) and return the answer once
+        its headers are in."""
+        key = self.keys.pick()
         return await self.pool.request(
-            self.serialise(method, endpoint, body, extra_headers), self.read_timeout
+            self.serialise(method, endpoint, body, extra_headers, key or 0), self.read_timeout
         )
 
     async def aclose(self) -> None:
