@@ -26,6 +26,7 @@ from tiermux.api.wire import ModelCard, ModelList, encode_decision
 from tiermux.cache.responses import ResponseCache
 from tiermux.cache.shared import SharedCache
 from tiermux.config import Config, is_loopback, load_config
+from tiermux.dialects.passage import ANTHROPIC_SPEAKER
 from tiermux.proxy import SERVICE_SCOPE_KEY, ClientDisconnected, Forwarder, Receive, Scope, Send
 from tiermux.quality import request_ids
 from tiermux.quality.checker import QualityChecker
@@ -50,7 +51,9 @@ CONFIG_ENV = "TIERMUX_CONFIG"
 HOST_ENV = "TIERMUX_HOST"  # the address ``serve`` listens on (the command line may override config)
 ADMIN_PATHS = frozenset({"/stats", "/metrics", "/v1/backends"})
 # The proxied endpoints: what the metrics and the access log account for.
-PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"})
+# Where clients speak Anthropic's dialect: their errors are told in its shape.
+ANTHROPIC_PATHS = frozenset({"/v1/messages"})
 READY_CACHE_SECONDS = 2.0
 CLIENT_CLOSED = 499  # the status logged for a client that left before its answer (as nginx does)
 
@@ -127,6 +130,7 @@ class TiermuxApp:
             "/v1/chat/completions": {"POST": lambda s, r, w: forward("/chat/completions", s, r, w)},
             "/v1/completions": {"POST": lambda s, r, w: forward("/completions", s, r, w)},
             "/v1/embeddings": {"POST": lambda s, r, w: forward("/embeddings", s, r, w)},
+            "/v1/messages": {"POST": lambda s, r, w: forward("/messages", s, r, w)},
             "/v1/route": {"POST": self._route},
             "/v1/feedback": {"POST": self._feedback},
             "/v1/models": {"GET": self._models},
@@ -164,6 +168,7 @@ class TiermuxApp:
                 send,
                 MethodNotAllowed(f"Method {method} not allowed; use {allowed}"),
                 [(b"allow", allowed.encode())],
+                path in ANTHROPIC_PATHS,
             )
             return
         if path not in PROXIED_PATHS:
@@ -207,13 +212,13 @@ class TiermuxApp:
         except ProxyError as exc:
             # Handlers raise ProxyError only before their response starts; once a stream has
             # begun, they report failures in-band themselves.
-            await _send_error(send, exc, self._request_id(scope))
+            await _send_error(send, exc, self._request_id(scope), path in ANTHROPIC_PATHS)
             return exc.status
         except Exception:
             logger.exception("unhandled error serving %s %s", scope["method"], path)
             error = ProxyError("internal error in tiermux")
             with contextlib.suppress(Exception):  # the response may already have started
-                await _send_error(send, error)
+                await _send_error(send, error, None, path in ANTHROPIC_PATHS)
             return error.status
         return None
 
@@ -373,10 +378,14 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, error: ProxyError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_error(
+    send: Send, error: ProxyError, extra: list[tuple[bytes, bytes]] | None = None, anthropic: bool = False
+) -> None:
+    """An error answer, in OpenAI's shape or, for a client of Anthropic's dialect, in its."""
     if error.headers:
         extra = [*(extra or ()), *error.headers]
-    await _send_json(send, error.status, error.body(), JSON_HEADERS + extra if extra else None)
+    body = ANTHROPIC_SPEAKER.error_body(error) if anthropic else error.body()
+    await _send_json(send, error.status, body, JSON_HEADERS + extra if extra else None)
 
 
 def _is_completion(body: bytes) -> bool:

@@ -451,7 +451,11 @@ def _check_references(config: Config, source: str) -> None:
             )
         secrets = [("api_key", backend.api_key)]
         secrets += [(f"api_keys[{j}]", key) for j, key in enumerate(backend.api_keys)]
-        for header, value in [*secrets, *backend.headers.items(), ("anthropic_version", backend.anthropic_version)]:
+        for header, value in [
+            *secrets,
+            *backend.headers.items(),
+            ("anthropic_version", backend.anthropic_version),
+        ]:
             if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
                 field = header if header.startswith(("api_key", "anthropic")) else f"headers.{header}"
                 raise ConfigError(source, f"{where}.{field}", "line breaks are not allowed in header values")

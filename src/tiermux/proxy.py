@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -30,7 +31,7 @@ import msgspec
 from tiermux._speedups import h1client, jsonscan
 from tiermux.accounting.budget import Budgets, Reservation
 from tiermux.accounting.ledger import Ledger
-from tiermux.accounting.usage import Usage, UsageTap, ask_for_usage, usage_of, wants_usage
+from tiermux.accounting.usage import Usage, ask_for_usage, usage_of, wants_usage
 from tiermux.api.disconnect import DisconnectWatcher
 from tiermux.api.errors import (
     BadGateway,
@@ -38,25 +39,45 @@ from tiermux.api.errors import (
     GatewayTimeout,
     PayloadTooLarge,
     ProxyError,
+    RateLimited,
     UpstreamFailure,
 )
 from tiermux.api.headers import JSON_HEADERS, SSE_HEADERS, relayed_headers
 from tiermux.api.wire import decode_routing_fields
 from tiermux.cache.flight import Flight, Head
-from tiermux.cache.replay import ReplayError, assemble, replay
-from tiermux.cache.responses import Asked, Mode, Outcome, ResponseCache, complete
+from tiermux.cache.replay import ReplayError
+from tiermux.cache.responses import Asked, Mode, Outcome, ResponseCache
 from tiermux.cache.store import Entry
 from tiermux.config import DEFAULT_SERVICE, CascadeRule
+from tiermux.dialects import OPENAI, Untranslatable
+from tiermux.dialects.passage import (
+    ANTHROPIC_SPEAKER,
+    OPENAI_SPEAKER,
+    Passage,
+    Speaker,
+    StreamTap,
+    passage,
+    speaker,
+)
 from tiermux.quality import request_ids
 from tiermux.quality.checker import QualityChecker
 from tiermux.quality.confidence import ask_for_logprobs, confidence, strip_logprobs
-from tiermux.routing.request import RequestText, decode_chat, decode_completion, from_chat, from_completion
+from tiermux.routing.request import (
+    RequestText,
+    decode_chat,
+    decode_completion,
+    decode_messages,
+    from_chat,
+    from_completion,
+    from_messages,
+)
 from tiermux.routing.router import Decision, Router
 from tiermux.telemetry.metrics import NONE, PINNED, Metrics
 from tiermux.telemetry.record import RECORD_SCOPE_KEY, RequestRecord
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import ConnectTimeout, ReadTimeout, UpstreamError
 from tiermux.upstream.health import Health
+from tiermux.upstream.retry import DEFAULT_REST, RETRY_STATUSES, retry_after
 
 __all__ = ["SERVICE_SCOPE_KEY", "ClientDisconnected", "Forwarder"]
 
@@ -70,6 +91,13 @@ logger = logging.getLogger("tiermux.proxy")
 # Where the app leaves the service of the request's key, for the handlers.
 SERVICE_SCOPE_KEY = "tiermux.service"
 SERVICE_HEADER = b"x-tiermux-service"
+ANTHROPIC_BETA_HEADER = b"anthropic-beta"
+
+# The ``anthropic-beta`` header line of the Anthropic request being served (b"" when none): it
+# turns on features, so an Anthropic backend must see it, and a translation can't honour it.
+# Per request, where the request is sent (a flight's task inherits it from the request that
+# started it); requests with one bypass the cache, whose key does not hold it.
+_ANTHROPIC_BETA: ContextVar[bytes] = ContextVar("tiermux_anthropic_beta", default=b"")
 REQUEST_ID_HEADER = b"x-tiermux-request-id"
 
 
@@ -191,12 +219,16 @@ class Forwarder:
         body = await self.receive_body(receive)
         record: RequestRecord = scope.get(RECORD_SCOPE_KEY) or RequestRecord(0.0)
         record.service = service = self._service(scope)
+        features = b""
+        if endpoint == "/messages":
+            features = _anthropic_beta(scope)
+            _ANTHROPIC_BETA.set(features)
         cache = self.cache
         if cache is None:
             await self._route_and_answer(endpoint, body, record, scope, receive, send)
             return
         # Sampled requests (most traffic) are told apart first, by the cheapest check.
-        mode = cache.mode(endpoint, body, scope["headers"])
+        mode = cache.mode(endpoint, body, scope["headers"]) if not features else Mode.BYPASS
         asked = None if mode is Mode.BYPASS else cache.asked(body, endpoint, service, self._overrides(scope))
         if asked is None:  # not to be cached, or not a body the cache can read (routing will say why)
             cache.count(Outcome.BYPASS)
@@ -274,46 +306,56 @@ class Forwarder:
         cache_header: tuple[bytes, bytes] | None = None,
     ) -> None:
         # A stream reports its usage only when asked: ask, and take the answer out again.
-        strip_usage = False
-        if request is not None and request.stream:
+        sent, strip_usage = body, False
+        client = speaker(endpoint)
+        if request is not None and request.stream and client is OPENAI_SPEAKER:
             asked = ask_for_usage(body)
             if asked is not None:
-                body, strip_usage = asked, True
+                sent, strip_usage = asked, True
         try:
-            start, end = jsonscan.value_span(body, b"model")
+            start, end = jsonscan.value_span(sent, b"model")
         except jsonscan.ScanError as exc:  # JSON msgspec took but the scanner can't walk
             raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
         with self.disconnects.watch(receive):
             backend, response, payload, decision, paid = await self._forward_answer(
-                decision, endpoint, body, start, end, request, record
+                decision, endpoint, sent, start, end, request, record
             )
+            way = passage(client, backend.dialect)
+            if payload is None and way.translated and response.status >= 400:
+                payload = await _read_error(response, backend, self.health)  # to translate whole
             record.backend = backend.name
             record.status = response.status
-            headers = relayed_headers(response.headers, self._added_headers(decision, backend))
+            headers = relayed_headers(
+                response.headers, self._added_headers(decision, backend), way.translated
+            )
             headers.append(self.request_id(record))
             if cache_header is not None:
                 headers.append(cache_header)
                 record.cache = cache_header[1].decode()
-            watching = self._watching(decision, request, backend)
+            watching = client is OPENAI_SPEAKER and self._watching(decision, request, backend)
             if payload is not None:
                 if response.status < 400:
-                    self._book(record, backend, decision, usage_of(payload), reservation, paid)
+                    self._book(record, backend, decision, way.usage(payload), reservation, paid)
+                payload = way.answer(payload, response.status)
                 if watching and response.status == 200:
-                    self._hand_over(decision, endpoint, body, request, payload, streamed=False)
+                    self._hand_over(decision, endpoint, sent, request, payload, streamed=False)
                 await send({"type": "http.response.start", "status": response.status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
                 return
-            tap = UsageTap(strip_usage)
+            include_usage = way.translated and not strip_usage and wants_usage(body)
+            tap = way.stream(backend.model, include_usage, strip_usage)
             kept: list[bytes] | None = [] if watching and response.status == 200 else None
             whole = False
             try:
-                whole = await self._relay_stream(response, headers, send, backend.name, tap, record, kept)
+                whole = await self._relay_stream(
+                    response, headers, send, backend.name, tap, record, client, kept
+                )
             finally:
                 self.health.finished(backend.name)
                 if response.status < 400:
                     self._book(record, backend, decision, tap.usage, reservation)
             if kept is not None and whole:
-                self._hand_over(decision, endpoint, body, request, b"".join(kept), streamed=True)
+                self._hand_over(decision, endpoint, sent, request, b"".join(kept), streamed=True)
 
     # --- answers paid for once ---------------------------------------------------------------
 
@@ -334,7 +376,7 @@ class Forwarder:
             return False
         cache.count(Outcome.HIT)
         self._note(record, decision)
-        await self._send_entry(entry, decision, record, _form_of(body, _streams(body)), send)
+        await self._send_entry(entry, decision, record, _form_of(endpoint, body, _streams(body)), send)
         return True
 
     async def _cached(
@@ -355,7 +397,7 @@ class Forwarder:
         assert cache is not None
         planned = self.backends[self.health.plan(decision.backends)[0]]
         key = cache.answer_key(asked, planned.name, planned.config.model)
-        form = _form_of(body, request is not None and request.stream)
+        form = _form_of(endpoint, body, request is not None and request.stream)
         flight = None
         if mode is Mode.USE:
             entry = cache.get(key)
@@ -426,7 +468,8 @@ class Forwarder:
         self, flight: Flight, call: _Call, decision: Decision, reservation: Reservation | None
     ) -> None:
         body = call.body
-        if call.request is not None and call.request.stream:
+        client = speaker(call.endpoint)
+        if call.request is not None and call.request.stream and client is OPENAI_SPEAKER:
             body = ask_for_usage(body) or body  # the answer's cost, and the replay's usage chunk
         try:
             start, end = jsonscan.value_span(body, b"model")
@@ -435,21 +478,30 @@ class Forwarder:
         backend, response, payload, decision, paid = await self._forward_answer(
             decision, call.endpoint, body, start, end, call.request, call.record
         )
+        way = passage(client, backend.dialect)
         status = response.status
-        headers = relayed_headers(response.headers, self._added_headers(decision, backend))
+        if payload is None and way.translated and status >= 400:
+            payload = await _read_error(response, backend, self.health)
+        headers = relayed_headers(response.headers, self._added_headers(decision, backend), way.translated)
+        watching = (
+            client is OPENAI_SPEAKER and status == 200 and self._watching(decision, call.request, backend)
+        )
         if payload is not None:
-            flight.usage = usage = usage_of(payload) if status < 400 else None
+            flight.usage = usage = way.usage(payload) if status < 400 else None
             if status < 400:
                 self._book(call.record, backend, decision, usage, reservation, paid)
+            payload = way.answer(payload, status)
             flight.answer(Head(status, headers, backend, decision, streamed=False))
-            if status == 200 and complete(payload):
+            if status == 200 and client.complete(payload):
                 self._keep(call, backend, payload, usage)
             flight.finish(payload)
-            if status == 200 and self._watching(decision, call.request, backend):
+            if watching:
                 self._hand_over(decision, call.endpoint, call.body, call.request, payload, streamed=False)
             return
         flight.answer(Head(status, headers, backend, decision, streamed=True))
-        tap = UsageTap(False)
+        # The flight keeps the stream in the client's dialect, with OpenAI's usage chunk (each
+        # subscriber's own tap takes it out again for a client that didn't ask for it).
+        tap = way.stream(backend.model, True, False)
         broken = None
         try:
             while True:
@@ -462,20 +514,25 @@ class Forwarder:
                     break
                 if not chunk:
                     break
-                tap.feed(chunk)
+                chunk = tap.feed(chunk)
+                if chunk:
+                    flight.push(chunk)
+            chunk = tap.finish()
+            if chunk and broken is None:
                 flight.push(chunk)
-            tap.finish()
+            if tap.broken and broken is None:
+                broken = BadGateway("the backend's stream ended before its answer")
         finally:
             response.close()
             self.health.finished(backend.name)
             if status < 400:
                 self._book(call.record, backend, decision, tap.usage, reservation)
         flight.usage = tap.usage
-        answer = assemble(b"".join(flight.chunks)) if status == 200 and broken is None else None
+        answer = client.assemble(b"".join(flight.chunks)) if status == 200 and broken is None else None
         if answer is not None:
             self._keep(call, backend, answer, tap.usage)
         flight.finish(answer, broken)
-        if answer is not None and self._watching(decision, call.request, backend):
+        if answer is not None and watching:
             self._hand_over(decision, call.endpoint, call.body, call.request, answer, streamed=False)
 
     def _land(self, flight: Flight, entry: Entry, decision: Decision) -> None:
@@ -539,7 +596,7 @@ class Forwarder:
         record: RequestRecord,
     ) -> None:
         """A stream, chunk by chunk as the flight gets them; the usage chunk only if asked for."""
-        tap = UsageTap(not form.include_usage)
+        tap = form.client.relay_tap(form.include_usage)
         await send({"type": "http.response.start", "status": head.status, "headers": [*head.headers, *added]})
         async for chunk in flight.stream():
             chunk = tap.feed(chunk)
@@ -548,7 +605,8 @@ class Forwarder:
                     self._first_token(record)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if flight.broken is not None:
-            await send({"type": "http.response.body", "body": flight.broken.sse_event(), "more_body": True})
+            event = form.client.error_event(flight.broken)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": tap.finish()})
 
     async def _send_entry(
@@ -581,7 +639,7 @@ class Forwarder:
     ) -> None:
         """A JSON answer told as the stream a streaming client asked for."""
         try:
-            events = replay(answer, form.include_usage)
+            events = form.client.replay(answer, form.include_usage)
         except ReplayError:  # not a completion object: sent as it is, as a backend would
             headers = [*JSON_HEADERS, *self._added_headers(decision, backend), *added]
             await _send_answer(send, 200, headers, answer)
@@ -654,21 +712,54 @@ class Forwarder:
         """Try the chain's backends in the order health plans (cheapest up backend first); return
         the first usable answer, and record each outcome for the backend's health.
 
-        For a non-streaming answer the body is read here too (``payload``), so that a failure
-        while reading it still fails over; streams are returned with only their headers read.
+        Each backend gets the body in its own dialect (translated at most once per backend) with
+        the next of its keys that is not resting. An answer that says "not now" (429, 503, 529)
+        is tried again: with another key of the same backend at once, else on the next backend,
+        else on the same one after its retry policy's pause, until the retries run out; then it
+        is the answer. For a non-streaming answer the body is read here too (``payload``), so
+        that a failure while reading it still fails over; streams are returned with only their
+        headers read.
         """
-        head, tail = body[:start], body[end:]
         health = self.health
+        client = speaker(endpoint)
         plan = health.plan(chain)
-        last = len(plan) - 1
+        outgoing = _Outgoing(endpoint, body, start, end)
         failure: ProxyError | None = None
-        for attempt, name in enumerate(plan):
+        refused: tuple[Backend, h1client.Response, bytes] | None = None  # the last "not now"
+        retries = 0
+        position = 0
+        while position < len(plan):
+            name = plan[position]
             backend = self.backends[name]
+            last = position == len(plan) - 1
+            way = passage(client, backend.dialect)
+            try:
+                target, head, tail = outgoing.to(backend, way)
+                extra = _ANTHROPIC_BETA.get() if client is ANTHROPIC_SPEAKER else b""
+                if extra and way.translated:
+                    raise Untranslatable(
+                        "anthropic-beta features need an Anthropic backend", param="anthropic-beta"
+                    )
+            except Untranslatable as exc:
+                failure = failure or exc
+                position += 1
+                continue
+            key = backend.keys.pick()
+            if key is None:  # every key of this backend rests after 429s
+                wait = backend.keys.wait()
+                retries += 1
+                pause = None if not last else backend.retry.pause(retries, wait)
+                if pause is None:
+                    failure = failure or RateLimited(f"backend {name!r} is rate limited", wait)
+                    position += 1
+                else:
+                    await asyncio.sleep(pause)
+                continue
             sent_at = time.monotonic()
             health.started(name)
             try:
                 response = await backend.pool.request(
-                    backend.serialise("POST", endpoint, head + backend.model_json + tail),
+                    backend.serialise("POST", target, head + backend.model_json + tail, extra, key),
                     backend.read_timeout,
                 )
             except UpstreamError as exc:
@@ -676,22 +767,53 @@ class Forwarder:
                 health.record_failure(name, str(exc))
                 failure = _client_error(exc, backend)
                 logger.debug("backend %s: %s", name, exc)
+                position += 1
                 continue
             except BaseException:
                 health.finished(name)
                 raise
-            if response.status >= 500:
-                health.record_failure(name, f"answered {response.status}")
-                if attempt < last and response.status in _FAILOVER_STATUSES:
-                    logger.debug("backend %s answered %d; trying the next one", name, response.status)
+            status = response.status
+            if status in RETRY_STATUSES:
+                asked = retry_after(response.headers)
+                if status == 429:
+                    backend.keys.rest(key, asked if asked is not None else DEFAULT_REST)
+                    logger.info("backend %s: key #%d rate limited", name, key)
+                try:
+                    reason = response.take_body() or await response.read_all()
+                except UpstreamError:
+                    reason = b""
+                finally:
+                    response.close()
+                    health.finished(name)
+                refused = (backend, response, reason)
+                retries += 1
+                again = None  # the pause before this backend is tried again; None: move on
+                if retries <= backend.retry.attempts:
+                    if status == 429 and backend.keys.wait() == 0.0:
+                        again = 0.0  # another of its keys, at once
+                    elif last:
+                        again = backend.retry.pause(retries, asked)
+                if again is None:
+                    if status != 429:  # overloaded counts against health once, when given up on
+                        health.record_failure(name, f"answered {status}")
+                    position += 1
+                elif again > 0.0:
+                    logger.debug("backend %s answered %d; again in %.2f s", name, status, again)
+                    await asyncio.sleep(again)
+                continue
+            if status >= 500:
+                health.record_failure(name, f"answered {status}")
+                if not last and status in _FAILOVER_STATUSES:
+                    logger.debug("backend %s answered %d; trying the next one", name, status)
                     failure = None
                     health.finished(name)
                     with contextlib.suppress(UpstreamError):
                         await response.read_all()  # drain, so the connection stays usable
                     response.close()
+                    position += 1
                     continue
             if _is_stream(response):
-                if response.status < 500:
+                if status < 500:
                     self._answered(name, time.monotonic() - sent_at)
                 return backend, response, None  # in flight until the relay ends
             try:
@@ -702,13 +824,16 @@ class Forwarder:
                 health.record_failure(name, str(exc))
                 failure = _client_error(exc, backend)
                 logger.debug("backend %s: %s", name, exc)
+                position += 1
                 continue
             finally:
                 response.close()
                 health.finished(name)
-            if response.status < 500:
+            if status < 500:
                 self._answered(name, time.monotonic() - sent_at)
             return backend, response, payload
+        if refused is not None:
+            return refused
         raise failure or BadGateway("no backend of the chain could answer")
 
     async def _forward_answer(
@@ -725,7 +850,7 @@ class Forwarder:
         asked for logprobs, and an answer less sure than the rule's threshold is booked and asked
         of the next tier before the client gets anything. Also the decision that answered, and
         what was paid for the unsure answer (0 when there was none)."""
-        rule = self._cascade_rule(decision, request)
+        rule = self._cascade_rule(decision, request) if endpoint != "/messages" else None
         if rule is None:
             backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
             return backend, response, payload, decision, 0
@@ -752,7 +877,10 @@ class Forwarder:
             return None
         if decision.pinned:
             return None
-        return quality.settings.cascade.get(decision.classification.category)
+        rule = quality.settings.cascade.get(decision.classification.category)
+        if rule is not None and any(self.backends[name].dialect != OPENAI for name in decision.backends):
+            return None  # logprobs come from OpenAI-compatible backends only
+        return rule
 
     def request_id(self, record: RequestRecord) -> tuple[bytes, bytes]:
         """The ``X-Tiermux-Request-Id`` of an answer, made once routing is known: it carries the
@@ -804,12 +932,14 @@ class Forwarder:
         headers: list[tuple[bytes, bytes]],
         send: Send,
         backend: str,
-        tap: UsageTap,
+        tap: StreamTap,
         record: RequestRecord,
+        client: Speaker,
         kept: list[bytes] | None = None,
     ) -> bool:
-        """Relay chunk by chunk as they arrive (keeping them in ``kept`` too); a broken stream ends
-        with an SSE error event. Whether the stream came whole."""
+        """Relay chunk by chunk as they arrive, through ``tap`` (keeping what went out in ``kept``
+        too); a broken stream ends with an error event in the client's dialect. Whether the
+        stream came whole."""
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             while True:
@@ -819,32 +949,69 @@ class Forwarder:
                     logger.warning("stream broken by backend %s: %s", backend, exc)
                     self.health.record_failure(backend, f"stream broke: {exc}")
                     error = BadGateway(f"the backend stream broke: {exc}")
-                    await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+                    event = client.error_event(error)
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
                     await send({"type": "http.response.body", "body": tap.finish()})
                     return False
                 if not chunk:
                     break
-                if kept is not None:
-                    kept.append(chunk)
                 chunk = tap.feed(chunk)
                 if chunk:
+                    if kept is not None:
+                        kept.append(chunk)
                     if record.first_token is None:
                         self._first_token(record)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": tap.finish()})
-            return True
+            rest = tap.finish()
+            if tap.broken:  # a translated stream that ended before its answer did
+                logger.warning("the stream of backend %s ended before its answer", backend)
+                rest += client.error_event(BadGateway("the backend's stream ended before its answer"))
+            await send({"type": "http.response.body", "body": rest})
+            return not tap.broken
         finally:
             response.close()  # an unfinished answer (the client left) costs its connection
 
 
 class _Form:
-    """The form a client asked for: a stream or not, and with the usage chunk or not."""
+    """The form a client asked for: its dialect, a stream or not, and with OpenAI's usage chunk
+    or not."""
 
-    __slots__ = ("include_usage", "stream")
+    __slots__ = ("client", "include_usage", "stream")
 
-    def __init__(self, stream: bool, include_usage: bool) -> None:
+    def __init__(self, client: Speaker, stream: bool, include_usage: bool) -> None:
+        self.client = client
         self.stream = stream
         self.include_usage = include_usage
+
+
+class _Outgoing:
+    """A request as each backend of its chain is sent it: the client's body around its ``model``
+    when the backend speaks the client's dialect, else translated, once per backend (a
+    translation may depend on the backend's settings)."""
+
+    __slots__ = ("_body", "_end", "_endpoint", "_start", "_translated")
+
+    def __init__(self, endpoint: str, body: bytes, start: int, end: int) -> None:
+        self._endpoint = endpoint
+        self._body = body
+        self._start = start
+        self._end = end
+        self._translated: dict[str, tuple[str, bytes, bytes]] | None = None
+
+    def to(self, backend: Backend, way: Passage) -> tuple[str, bytes, bytes]:
+        """The backend's endpoint, and the body before and after its ``model`` value."""
+        if not way.translated:
+            return self._endpoint, self._body[: self._start], self._body[self._end :]
+        made = self._translated
+        if made is None:
+            made = self._translated = {}
+        known = made.get(backend.name)
+        if known is None:
+            target = way.endpoint(self._endpoint)
+            body = way.request(self._body, backend.config)
+            start, end = jsonscan.value_span(body, b"model")
+            known = made[backend.name] = (target, body[:start], body[end:])
+        return known
 
 
 class _Call:
@@ -875,6 +1042,25 @@ class _Call:
         self.record = record  # of the request that started the call: it pays for it
 
 
+async def _read_error(response: h1client.Response, backend: Backend, health: Health) -> bytes:
+    """The whole body of an error answer that came as a stream (of unannounced length)."""
+    try:
+        return await response.read_all()
+    except UpstreamError as exc:
+        raise _client_error(exc, backend) from None
+    finally:
+        response.close()
+        health.finished(backend.name)
+
+
+def _anthropic_beta(scope: Scope) -> bytes:
+    """The request's ``anthropic-beta`` values as one header line for the backend (b"" if none)."""
+    values = [value for name, value in scope["headers"] if name == ANTHROPIC_BETA_HEADER]
+    if not values or any(b"\r" in v or b"\n" in v for v in values):
+        return b""
+    return b"anthropic-beta: " + b",".join(values) + b"\r\n"
+
+
 def _count_tokens(record: RequestRecord, usage: Usage | None) -> None:
     if usage is not None:
         record.input_tokens = usage.prompt_tokens
@@ -889,8 +1075,9 @@ def _streams(body: bytes) -> bool:
     return body[start:end] == b"true"
 
 
-def _form_of(body: bytes, stream: bool) -> _Form:
-    return _Form(stream, stream and wants_usage(body))
+def _form_of(endpoint: str, body: bytes, stream: bool) -> _Form:
+    client = speaker(endpoint)
+    return _Form(client, stream, stream and client is OPENAI_SPEAKER and wants_usage(body))
 
 
 async def _send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -909,6 +1096,9 @@ def _routing_input(endpoint: str, body: bytes) -> tuple[str | None, RequestText 
         if endpoint == "/chat/completions":
             chat = decode_chat(body)
             return chat.model, from_chat(chat)
+        if endpoint == "/messages":
+            messages = decode_messages(body)
+            return messages.model, from_messages(messages)
         if endpoint == "/completions":
             completion = decode_completion(body)
             return completion.model, from_completion(completion)

@@ -95,6 +95,8 @@ class UsageTap:
 
     __slots__ = ("_tail", "strip", "usage")
 
+    broken = False  # an OpenAI stream passes as it came (a translation may find one broken)
+
     def __init__(self, strip: bool) -> None:
         self.strip = strip
         self.usage: Usage | None = None

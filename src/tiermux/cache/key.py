@@ -72,6 +72,11 @@ KEY_FIELDS = frozenset(
         "encoding_format",
         "reasoning_effort",
         "modalities",
+        "top_k",
+        # Anthropic's Messages API names these differently
+        "system",
+        "stop_sequences",
+        "thinking",
     )
 )
 

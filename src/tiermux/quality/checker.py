@@ -39,9 +39,10 @@ from typing import Any
 import msgspec
 
 from tiermux.accounting.ledger import Ledger
-from tiermux.accounting.usage import usage_of
 from tiermux.cache.replay import assemble
 from tiermux.config import Config
+from tiermux.dialects import Untranslatable
+from tiermux.dialects.passage import OPENAI_SPEAKER, passage
 from tiermux.quality.scoring import cheap_check, judge_prompt, parse_grade, score
 from tiermux.quality.window import QualityWindow
 from tiermux.routing.request import decode_chat, decode_completion, from_chat, from_completion
@@ -269,19 +270,22 @@ class QualityChecker:
         """``body`` to ``backend_name``, booked to the quality service; the answer's text (None if
         the call failed)."""
         backend = self.backends[backend_name]
+        way = passage(OPENAI_SPEAKER, backend.dialect)  # a reference may speak Anthropic's dialect
         try:
-            response = await backend.send("POST", endpoint, body)
+            target = way.endpoint(endpoint)
+            response = await backend.send("POST", target, way.request(body, backend.config))
             try:
                 payload = await response.read_all()
             finally:
                 response.close()
-        except UpstreamError as exc:
+        except (UpstreamError, Untranslatable) as exc:
             logger.warning("quality check: backend %s failed: %s", backend_name, exc)
             return None
         if response.status != 200:
             logger.warning("quality check: backend %s answered %d", backend_name, response.status)
             return None
-        usage = usage_of(payload)
+        usage = way.usage(payload)
+        payload = way.answer(payload, response.status)
         self.ledger.record(self.settings.service, backend_name, self._tier_of[backend_name], category, usage)
         return answer_text(payload)
 

@@ -18,8 +18,10 @@ __all__ = [
     "chat_from_object",
     "decode_chat",
     "decode_completion",
+    "decode_messages",
     "from_chat",
     "from_completion",
+    "from_messages",
     "from_prompt",
 ]
 
@@ -63,6 +65,31 @@ class CompletionFields(msgspec.Struct):
     max_tokens: int | None = None
     temperature: float | None = None
     n: int | None = None
+
+
+class Block(msgspec.Struct):
+    """A content block of Anthropic's Messages API (only what routing reads of it)."""
+
+    type: str = "text"
+    text: str | None = None
+    content: str | list[ContentPart] | None = None  # a tool_result's
+
+
+class Turn(msgspec.Struct):
+    role: str = "user"
+    content: str | list[Block] | None = None
+
+
+class MessagesFields(msgspec.Struct):
+    """The fields of an Anthropic Messages request that routing reads."""
+
+    model: str | None = None
+    stream: Any = None
+    system: str | list[ContentPart] | None = None
+    messages: list[Turn] = []
+    tools: list[msgspec.Raw] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
 
 
 class RequestText:
@@ -180,12 +207,54 @@ def from_completion(fields: CompletionFields) -> RequestText:
     )
 
 
+def from_messages(fields: MessagesFields) -> RequestText:
+    """An Anthropic request read as its chat equivalent: the system prompt, the last user turn's
+    text, tool results as tool turns and image blocks as images."""
+    system, _ = _text_of(fields.system)
+    last = previous = ""
+    turns = total = 0
+    image = tool_turns = False
+    for message in fields.messages:
+        content = message.content
+        if content is None:
+            continue
+        if isinstance(content, str):
+            text = content
+        else:
+            texts = []
+            for block in content:
+                if block.type == "text" and block.text:
+                    texts.append(block.text)
+                elif block.type == "image":
+                    image = True
+                elif block.type in ("tool_result", "tool_use"):
+                    tool_turns = True
+            text = "\n".join(texts)
+        total += len(text)
+        if message.role == "user" and text:
+            previous, last = last, text
+            turns += 1
+    return RequestText(
+        last,
+        system,
+        previous,
+        turns=turns if turns else 1,
+        total_chars=total + len(system),
+        tools=bool(fields.tools) or tool_turns,
+        image=image,
+        max_tokens=fields.max_tokens,
+        temperature=fields.temperature,
+        stream=fields.stream is True,
+    )
+
+
 def from_prompt(prompt: str) -> RequestText:
     return RequestText(prompt)
 
 
 decode_chat = msgspec.json.Decoder(ChatFields).decode
 decode_completion = msgspec.json.Decoder(CompletionFields).decode
+decode_messages = msgspec.json.Decoder(MessagesFields).decode
 
 
 def chat_from_object(body: dict[str, Any]) -> RequestText:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from tiermux.config import RetryConfig
 
-__all__ = ["RETRY_STATUSES", "DEFAULT_REST", "RetryPolicy", "retry_after"]
+__all__ = ["DEFAULT_REST", "RETRY_STATUSES", "RetryPolicy", "retry_after"]
 
 RETRY_STATUSES = frozenset({429, 503, 529})
 DEFAULT_REST = 1.0  # seconds a key rests after a 429 that named no retry-after
@@ -25,7 +25,7 @@ DEFAULT_REST = 1.0  # seconds a key rests after a 429 that named no retry-after
 class RetryPolicy:
     """``RetryConfig`` as decisions: whether to retry, and the pause before retry ``n``."""
 
-    __slots__ = ("attempts", "backoff", "max_backoff", "_random")
+    __slots__ = ("_random", "attempts", "backoff", "max_backoff")
 
     def __init__(self, config: RetryConfig, rng: Callable[[], float] = random.random) -> None:
         self.attempts = config.attempts
@@ -43,7 +43,7 @@ class RetryPolicy:
             return None
         if asked is not None:
             return asked if asked <= self.max_backoff else None
-        step = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
+        step = min(self.max_backoff, self.backoff * 2.0 ** (retry - 1))
         return step * self._random()
 
 
