@@ -1,8 +1,8 @@
 """``make run``: the bundled demo, with no GPU and no API key.
 
-Starts a mock vLLM server (port 8001, model ``qwen-9b``) and a mock cloud API (port 8002, model
-``big-model``, key ``demo-key``), then tiermux on the bundled demo config (port 8080). Ctrl-C or
-SIGTERM stops all three.
+Starts a mock vLLM server (port 8001, model ``qwen-9b``), a mock cloud API (port 8002, model
+``big-model``, key ``demo-key``) and a mock Anthropic API (port 8003, model ``claude-mock``, key
+``demo-key``), then tiermux on the bundled demo config (port 8080). Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -17,8 +17,16 @@ from importlib.resources import files
 MOCKS = [
     ["--flavor", "vllm", "--port", "8001", "--model", "qwen-9b", "--lora", "sql-lora,summary-lora"],
     ["--flavor", "cloud", "--port", "8002", "--model", "big-model", "--api-key", "demo-key"],
+    ["--flavor", "anthropic", "--port", "8003", "--model", "claude-mock", "--api-key", "demo-key"],
 ]
 READY_LINE = "mock-backend listening on"
+TRY = """
+tiermux demo: try
+  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}'
+  curl -s http://127.0.0.1:8080/v1/messages -H 'Content-Type: application/json' \\
+    -d '{"model": "auto", "max_tokens": 256, "messages": [{"role": "user", "content": "Hello!"}]}'
+"""
 
 
 def _start_mock(args: list[str]) -> subprocess.Popen[str]:
@@ -51,12 +59,7 @@ def main() -> int:
     try:
         for args in MOCKS:
             processes.append(_start_mock(args))
-        print(
-            "\ntiermux demo: try\n"
-            "  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-            '    -d \'{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}\'\n',
-            flush=True,
-        )
+        print(TRY, flush=True)
         server = subprocess.Popen([sys.executable, "-m", "tiermux", "serve", "--config", config])
         processes.append(server)
         return server.wait()

@@ -101,7 +101,7 @@ routing: {default_tier: only, aliases: {fast: only}}
 def test_demo_config_is_valid() -> None:
     config = load_config(DEMO_CONFIG, env={})
     assert config.default_tier == "cheap"
-    assert {b.name for b in config.backends} == {"local-9b", "frontier"}
+    assert {b.name for b in config.backends} == {"local-9b", "frontier", "claude"}
 
 
 # --- environment expansion -----------------------------------------------------------------------

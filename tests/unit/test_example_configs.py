@@ -19,8 +19,9 @@ def _documented_keys(struct: type[msgspec.Struct]) -> set[str]:
 
 
 def test_the_example_config_is_valid() -> None:
-    config = load_config(EXAMPLE, env={"FRONTIER_API_KEY": "k", "SUPPORT_BOT_KEY": "s"})
-    assert [b.name for b in config.backends] == ["local-9b", "frontier"]
+    env = {"FRONTIER_API_KEY": "k", "SUPPORT_BOT_KEY": "s", "ANTHROPIC_KEY_1": "a1", "ANTHROPIC_KEY_2": "a2"}
+    config = load_config(EXAMPLE, env=env)
+    assert [b.name for b in config.backends] == ["local-9b", "frontier", "claude"]
     assert config.server.host == "127.0.0.1"
 
 
