@@ -207,33 +207,32 @@ def from_completion(fields: CompletionFields) -> RequestText:
     )
 
 
+def _blocks_text(blocks: list[Block]) -> tuple[str, bool, bool]:
+    """The text of a turn's blocks, and whether they hold an image, and a tool call or result."""
+    texts = [block.text for block in blocks if block.type == "text" and block.text]
+    kinds = {block.type for block in blocks}
+    return "\n".join(texts), "image" in kinds, not kinds.isdisjoint(("tool_use", "tool_result"))
+
+
 def from_messages(fields: MessagesFields) -> RequestText:
-    """An Anthropic request read as its chat equivalent: the system prompt, the last user turn's
-    text, tool results as tool turns and image blocks as images."""
+    """An Anthropic request read as its chat equivalent: the system prompt, the last user turn
+    with text (a turn of tool results alone doesn't change the task), images and tool turns."""
     system, _ = _text_of(fields.system)
-    last = previous = ""
-    turns = total = 0
+    asked: list[str] = []
+    total = 0
     image = tool_turns = False
     for message in fields.messages:
         content = message.content
-        if content is None:
-            continue
-        if isinstance(content, str):
-            text = content
+        if isinstance(content, list):
+            text, has_image, has_tool = _blocks_text(content)
+            image, tool_turns = image or has_image, tool_turns or has_tool
         else:
-            texts = []
-            for block in content:
-                if block.type == "text" and block.text:
-                    texts.append(block.text)
-                elif block.type == "image":
-                    image = True
-                elif block.type in ("tool_result", "tool_use"):
-                    tool_turns = True
-            text = "\n".join(texts)
+            text = content or ""
         total += len(text)
         if message.role == "user" and text:
-            previous, last = last, text
-            turns += 1
+            asked.append(text)
+    last, previous = (asked[-1], asked[-2] if len(asked) > 1 else "") if asked else ("", "")
+    turns = len(asked)
     return RequestText(
         last,
         system,
