@@ -52,8 +52,8 @@ HOST_ENV = "TIERMUX_HOST"  # the address ``serve`` listens on (the command line 
 ADMIN_PATHS = frozenset({"/stats", "/metrics", "/v1/backends"})
 # The proxied endpoints: what the metrics and the access log account for.
 PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"})
-# Where clients speak Anthropic's dialect: their errors are told in its shape.
-ANTHROPIC_PATHS = frozenset({"/v1/messages"})
+# Where clients speak Anthropic's dialect (its other endpoints too): errors are told in its shape.
+ANTHROPIC_PATH = "/v1/messages"
 READY_CACHE_SECONDS = 2.0
 CLIENT_CLOSED = 499  # the status logged for a client that left before its answer (as nginx does)
 
@@ -159,7 +159,8 @@ class TiermuxApp:
         method = scope["method"]
         handlers = self._routes.get(path)
         if handlers is None:
-            await _send_error(send, NotFound(f"Invalid URL ({method} {path})"))
+            anthropic = _speaks_anthropic(path)
+            await _send_error(send, NotFound(f"Invalid URL ({method} {path})"), None, anthropic)
             return
         handler = handlers.get(method)
         if handler is None:
@@ -168,7 +169,7 @@ class TiermuxApp:
                 send,
                 MethodNotAllowed(f"Method {method} not allowed; use {allowed}"),
                 [(b"allow", allowed.encode())],
-                path in ANTHROPIC_PATHS,
+                _speaks_anthropic(path),
             )
             return
         if path not in PROXIED_PATHS:
@@ -212,13 +213,13 @@ class TiermuxApp:
         except ProxyError as exc:
             # Handlers raise ProxyError only before their response starts; once a stream has
             # begun, they report failures in-band themselves.
-            await _send_error(send, exc, self._request_id(scope), path in ANTHROPIC_PATHS)
+            await _send_error(send, exc, self._request_id(scope), _speaks_anthropic(path))
             return exc.status
         except Exception:
             logger.exception("unhandled error serving %s %s", scope["method"], path)
             error = ProxyError("internal error in tiermux")
             with contextlib.suppress(Exception):  # the response may already have started
-                await _send_error(send, error, None, path in ANTHROPIC_PATHS)
+                await _send_error(send, error, None, _speaks_anthropic(path))
             return error.status
         return None
 
@@ -386,6 +387,10 @@ async def _send_error(
         extra = [*(extra or ()), *error.headers]
     body = ANTHROPIC_SPEAKER.error_body(error) if anthropic else error.body()
     await _send_json(send, error.status, body, JSON_HEADERS + extra if extra else None)
+
+
+def _speaks_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
 
 
 def _is_completion(body: bytes) -> bool:

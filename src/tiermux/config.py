@@ -464,9 +464,10 @@ def _check_references(config: Config, source: str) -> None:
                 raise ConfigError(
                     source, f"{where}.api_keys[{j}]", "empty key (is its environment variable set?)"
                 )
-        if sum((bool(backend.api_key), bool(backend.api_keys), bool(backend.api_key_file))) > 1:
+        given = [name for name in ("api_key", "api_keys", "api_key_file") if getattr(backend, name)]
+        if len(given) > 1:
             raise ConfigError(
-                source, f"{where}.api_key_file", "set one of api_key, api_keys and api_key_file"
+                source, f"{where}.{given[-1]}", "set one of api_key, api_keys and api_key_file, not several"
             )
         if backend.api_key_file and not Path(backend.api_key_file).is_file():
             raise ConfigError(source, f"{where}.api_key_file", f"no such file: {backend.api_key_file}")

@@ -1,18 +1,22 @@
-"""The hot path: one OpenAI-style request from the client to a backend and its answer back.
+"""The hot path: one request (OpenAI's or Anthropic's dialect) from the client to a backend and
+its answer back.
 
     read body (bounded) -> [a request seen before: its answer from the cache, done]
     -> decode routing fields -> route (resolve, classify, policy)
     -> [cacheable: the answer kept, or an identical call in flight joined, or a call started]
     -> reserve the worst case against the service's budget (downgrade or refuse past it)
-    -> splice ``model`` -> try the chain's backends, cheapest healthy first, until one answers
-    -> relay the answer (and keep it, when it is whole and cacheable)
+    -> try the chain's backends, cheapest healthy first, until one answers: each is sent the body
+       in its dialect (``model`` spliced; translated when the client speaks the other one) with
+       the next of its keys that is not resting
+    -> relay the answer in the client's dialect (and keep it, when it is whole and cacheable)
 
 A client that leaves cancels the work done for it (``DisconnectWatcher``). Failover happens only
 before the client has received a byte: connection errors, timeouts and 5xx answers move to the
-next backend of the chain, and every outcome feeds the backends' shared health. A non-streaming
-answer is read whole before anything is sent, so that a backend failing mid-answer can still be
-replaced; a stream is relayed chunk by chunk as it arrives, and if it breaks the client gets an
-SSE error event and a clean end.
+next backend of the chain, answers that say "not now" (429, 503, 529) are retried (another key,
+another backend, or a pause), and every outcome feeds the backends' shared health. A
+non-streaming answer is read whole before anything is sent, so that a backend failing mid-answer
+can still be replaced; a stream is relayed chunk by chunk as it arrives, and if it breaks the
+client gets an error event in its dialect and a clean end.
 """
 
 from __future__ import annotations
@@ -53,7 +57,6 @@ from tiermux.dialects import OPENAI, Untranslatable
 from tiermux.dialects.passage import (
     ANTHROPIC_SPEAKER,
     OPENAI_SPEAKER,
-    Passage,
     Speaker,
     StreamTap,
     passage,
@@ -107,8 +110,9 @@ class ClientDisconnected(Exception):
 
 _OVERRIDE_HEADERS = frozenset({b"x-tiermux-tier", b"x-tiermux-category"})
 
-# Answers that say "this backend can't serve now" rather than "this request is wrong".
-_FAILOVER_STATUSES = frozenset({500, 502, 503, 504, 529})
+# Answers that say "this backend can't serve now" rather than "this request is wrong" (503 and
+# 529 say "not now" and are retried first: RETRY_STATUSES).
+_FAILOVER_STATUSES = frozenset({500, 502, 504})
 
 
 def _client_error(exc: UpstreamError, backend: Backend) -> UpstreamFailure:
@@ -119,7 +123,7 @@ def _client_error(exc: UpstreamError, backend: Backend) -> UpstreamFailure:
 
 
 class Forwarder:
-    """Forwards requests for the OpenAI endpoints that carry a ``model``."""
+    """Forwards requests for the endpoints that carry a ``model``: OpenAI's and Anthropic's."""
 
     def __init__(
         self,
@@ -517,10 +521,13 @@ class Forwarder:
                 chunk = tap.feed(chunk)
                 if chunk:
                     flight.push(chunk)
+                if tap.broken:  # a translation that can't read the stream: the rest won't help
+                    break
             chunk = tap.finish()
-            if chunk and broken is None:
+            if chunk and broken is None and not tap.broken:
                 flight.push(chunk)
             if tap.broken and broken is None:
+                self.health.record_failure(backend.name, "stream ended before its answer")
                 broken = BadGateway("the backend's stream ended before its answer")
         finally:
             response.close()
@@ -712,16 +719,16 @@ class Forwarder:
         """Try the chain's backends in the order health plans (cheapest up backend first); return
         the first usable answer, and record each outcome for the backend's health.
 
-        Each backend gets the body in its own dialect (translated at most once per backend) with
-        the next of its keys that is not resting. An answer that says "not now" (429, 503, 529)
-        is tried again: with another key of the same backend at once, else on the next backend,
-        else on the same one after its retry policy's pause, until the retries run out; then it
-        is the answer. For a non-streaming answer the body is read here too (``payload``), so
-        that a failure while reading it still fails over; streams are returned with only their
-        headers read.
+        Each backend gets the body in its own dialect (translated at most once, when it is
+        tried; one that can't take the request is passed over) with the next of its keys that is
+        not resting. An answer that says "not now" (429, 503, 529) is tried again, at most the
+        backend's ``retry.attempts`` times in all: with another key of the same backend at once
+        (429), else on the next backend that can take it, else on the same one after its retry
+        policy's pause; when the retries run out, the last such answer is the answer. For a
+        non-streaming answer the body is read here too (``payload``), so that a failure while
+        reading it still fails over; streams are returned with only their headers read.
         """
         health = self.health
-        client = speaker(endpoint)
         plan = health.plan(chain)
         outgoing = _Outgoing(endpoint, body, start, end)
         failure: ProxyError | None = None
@@ -729,30 +736,23 @@ class Forwarder:
         retries = 0
         position = 0
         while position < len(plan):
-            name = plan[position]
-            backend = self.backends[name]
-            last = position == len(plan) - 1
-            way = passage(client, backend.dialect)
-            try:
-                target, head, tail = outgoing.to(backend, way)
-                extra = _ANTHROPIC_BETA.get() if client is ANTHROPIC_SPEAKER else b""
-                if extra and way.translated:
-                    raise Untranslatable(
-                        "anthropic-beta features need an Anthropic backend", param="anthropic-beta"
-                    )
-            except Untranslatable as exc:
-                failure = failure or exc
+            backend = self.backends[plan[position]]
+            sending = outgoing.to(backend)
+            if sending is None:  # it can't take the request (see outgoing.refusal)
                 position += 1
                 continue
+            name = backend.name
+            target, head, tail, extra = sending
+            last = not any(outgoing.to(self.backends[other]) for other in plan[position + 1 :])
             key = backend.keys.pick()
             if key is None:  # every key of this backend rests after 429s
                 wait = backend.keys.wait()
-                retries += 1
-                pause = None if not last else backend.retry.pause(retries, wait)
+                pause = backend.retry.pause(retries + 1, wait) if last else None
                 if pause is None:
-                    failure = failure or RateLimited(f"backend {name!r} is rate limited", wait)
+                    failure = RateLimited(f"backend {name!r} is rate limited", wait)
                     position += 1
                 else:
+                    retries += 1
                     await asyncio.sleep(pause)
                 continue
             sent_at = time.monotonic()
@@ -774,25 +774,26 @@ class Forwarder:
                 raise
             status = response.status
             if status in RETRY_STATUSES:
+                retries += 1
                 asked = retry_after(response.headers)
-                if status == 429:
-                    backend.keys.rest(key, asked if asked is not None else DEFAULT_REST)
+                pause = backend.retry.pause(retries, asked)
+                if status == 429:  # the key is limited, not the backend
+                    backend.keys.rest(key, asked if asked is not None else pause or DEFAULT_REST)
                     logger.info("backend %s: key #%d rate limited", name, key)
                 try:
                     reason = response.take_body() or await response.read_all()
-                except UpstreamError:
-                    reason = b""
+                    refused = (backend, response, reason)
+                except UpstreamError as exc:
+                    failure = _client_error(exc, backend)
                 finally:
                     response.close()
                     health.finished(name)
-                refused = (backend, response, reason)
-                retries += 1
                 again = None  # the pause before this backend is tried again; None: move on
                 if retries <= backend.retry.attempts:
                     if status == 429 and backend.keys.wait() == 0.0:
                         again = 0.0  # another of its keys, at once
                     elif last:
-                        again = backend.retry.pause(retries, asked)
+                        again = pause
                 if again is None:
                     if status != 429:  # overloaded counts against health once, when given up on
                         health.record_failure(name, f"answered {status}")
@@ -812,7 +813,9 @@ class Forwarder:
                     response.close()
                     position += 1
                     continue
-            if _is_stream(response):
+            # A translated answer is read whole unless it is an event stream: a JSON answer of
+            # unannounced length (chunked) must be translated as JSON, not as events.
+            if _is_stream(response) and (response.event_stream or not sending.translated):
                 if status < 500:
                     self._answered(name, time.monotonic() - sent_at)
                 return backend, response, None  # in flight until the relay ends
@@ -834,7 +837,7 @@ class Forwarder:
             return backend, response, payload
         if refused is not None:
             return refused
-        raise failure or BadGateway("no backend of the chain could answer")
+        raise failure or outgoing.refusal or BadGateway("no backend of the chain could answer")
 
     async def _forward_answer(
         self,
@@ -948,10 +951,9 @@ class Forwarder:
                 except UpstreamError as exc:
                     logger.warning("stream broken by backend %s: %s", backend, exc)
                     self.health.record_failure(backend, f"stream broke: {exc}")
+                    tap.finish()  # its usage, if it came; what it held back is a broken event
                     error = BadGateway(f"the backend stream broke: {exc}")
-                    event = client.error_event(error)
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                    await send({"type": "http.response.body", "body": tap.finish()})
+                    await send({"type": "http.response.body", "body": client.error_event(error)})
                     return False
                 if not chunk:
                     break
@@ -962,10 +964,13 @@ class Forwarder:
                     if record.first_token is None:
                         self._first_token(record)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if tap.broken:  # a translation that can't read the stream: the rest won't help
+                    break
             rest = tap.finish()
-            if tap.broken:  # a translated stream that ended before its answer did
+            if tap.broken:  # a translated stream unreadable, or ended before its answer did
                 logger.warning("the stream of backend %s ended before its answer", backend)
-                rest += client.error_event(BadGateway("the backend's stream ended before its answer"))
+                self.health.record_failure(backend, "stream ended before its answer")
+                rest = client.error_event(BadGateway("the backend's stream ended before its answer"))
             await send({"type": "http.response.body", "body": rest})
             return not tap.broken
         finally:
@@ -984,34 +989,63 @@ class _Form:
         self.include_usage = include_usage
 
 
+class _Sending(tuple[str, bytes, bytes, bytes]):
+    """What one backend is sent: its endpoint, the body before and after its ``model`` value,
+    and extra header lines; ``translated`` when the body is not the client's."""
+
+    __slots__ = ()
+    translated = False
+
+
+class _Translated(_Sending):
+    __slots__ = ()
+    translated = True
+
+
 class _Outgoing:
     """A request as each backend of its chain is sent it: the client's body around its ``model``
     when the backend speaks the client's dialect, else translated, once per backend (a
-    translation may depend on the backend's settings)."""
+    translation may depend on the backend's settings). ``to`` is None for a backend that can't
+    take the request, and ``refusal`` says why."""
 
-    __slots__ = ("_body", "_end", "_endpoint", "_start", "_translated")
+    __slots__ = ("_body", "_client", "_end", "_endpoint", "_extra", "_made", "_start", "refusal")
 
     def __init__(self, endpoint: str, body: bytes, start: int, end: int) -> None:
         self._endpoint = endpoint
         self._body = body
         self._start = start
         self._end = end
-        self._translated: dict[str, tuple[str, bytes, bytes]] | None = None
+        self._client = client = speaker(endpoint)
+        self._extra = _ANTHROPIC_BETA.get() if client is ANTHROPIC_SPEAKER else b""
+        self._made: dict[str, _Sending | None] | None = None
+        self.refusal: Untranslatable | None = None
 
-    def to(self, backend: Backend, way: Passage) -> tuple[str, bytes, bytes]:
-        """The backend's endpoint, and the body before and after its ``model`` value."""
-        if not way.translated:
-            return self._endpoint, self._body[: self._start], self._body[self._end :]
-        made = self._translated
+    def to(self, backend: Backend) -> _Sending | None:
+        made = self._made
         if made is None:
-            made = self._translated = {}
-        known = made.get(backend.name)
-        if known is None:
+            made = self._made = {}
+        elif backend.name in made:
+            return made[backend.name]
+        sending = made[backend.name] = self._make(backend)
+        return sending
+
+    def _make(self, backend: Backend) -> _Sending | None:
+        way = passage(self._client, backend.dialect)
+        if not way.translated:
+            body, start, end = self._body, self._start, self._end
+            return _Sending((self._endpoint, body[:start], body[end:], self._extra))
+        try:
+            if self._extra:
+                raise Untranslatable(
+                    "anthropic-beta features need an Anthropic backend", param="anthropic-beta"
+                )
             target = way.endpoint(self._endpoint)
             body = way.request(self._body, backend.config)
-            start, end = jsonscan.value_span(body, b"model")
-            known = made[backend.name] = (target, body[:start], body[end:])
-        return known
+        except Untranslatable as exc:
+            self.refusal = self.refusal or exc
+            return None
+        start, end = jsonscan.value_span(body, b"model")
+        return _Translated((target, body[:start], body[end:], b""))
 
 
 class _Call:

@@ -5,8 +5,10 @@ books and the metrics for ``/v1/messages`` as for OpenAI requests."""
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ def make(
     """A proxy with a local vLLM (tier ``local``, alias ``cheap``) and an Anthropic backend with
     three keys (tier ``claude``, alias ``smart``); keywords change the Anthropic backend."""
 
-    def build(**claude_fields: Any) -> ProxyClient:
+    def build(tiers: dict[str, list[str]] | None = None, **claude_fields: Any) -> ProxyClient:
         fields: dict[str, Any] = {"type": "anthropic", "api_keys": ["${KEY_1}", "${KEY_2}", "${KEY_3}"]}
         fields["retry"] = {"backoff": 0.01}
         fields.update(claude_fields)
@@ -57,7 +59,7 @@ def make(
                 backend_entry("local-9b", vllm.url, VLLM_MODEL),
                 backend_entry("claude", claude.url, CLAUDE_MODEL, **fields),
             ],
-            "tiers": {"local": ["local-9b"], "claude": ["claude"]},
+            "tiers": tiers or {"local": ["local-9b"], "claude": ["claude"]},
             "routing": {"aliases": {"cheap": "local", "smart": "claude"}, "classifier": {"enabled": False}},
         }
         return proxy_factory(load_config(config_file(tree), ENV))
@@ -423,3 +425,71 @@ def test_anthropic_beta_reaches_an_anthropic_backend_and_is_refused_by_translati
     assert vllm.stats()["requests"] == 0
     plain = messages(client)  # the next request of the same client carries no beta
     assert plain.status_code == 200 and "anthropic-beta" not in sent(claude)[-1][1]
+
+
+class _ChunkedJson(http.server.BaseHTTPRequestHandler):
+    """A backend answering JSON of unannounced length (chunked), as Go's servers do past 2 KB."""
+
+    protocol_version = "HTTP/1.1"
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "ollama-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "x" * 3000}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 700, "total_tokens": 705},
+    }
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(self.answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for part in (body[:1000], body[1000:]):
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_chunked_json_answer_is_translated_as_json(
+    config_file: Callable[[dict[str, Any]], Path], proxy_factory: Callable[[Config], ProxyClient]
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedJson)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        tree = {"backends": [backend_entry("ollama", url, "ollama-model")], "tiers": {"local": ["ollama"]}}
+        client = proxy_factory(load_config(config_file(tree)))
+        response = client.post(
+            "/v1/messages",
+            json={"model": "ollama", "max_tokens": 900, "messages": HELLO},
+            headers=ANTHROPIC_HEADERS,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["type"] == "message" and answer["content"][0]["text"] == "x" * 3000
+    assert answer["usage"]["output_tokens"] == 700
+
+
+def test_a_backend_that_cannot_take_the_request_is_no_next_one_to_fail_over_to(
+    make: Callable[..., ProxyClient], claude: BackendHandle, vllm: BackendHandle
+) -> None:
+    claude.configure(fail_rate=1.0, fail_mode="status", fail_status=529)
+    client = make(
+        tiers={"local": ["local-9b"], "claude": ["claude", "local-9b"]},
+        retry={"attempts": 2, "backoff": 0.01},
+    )
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    response = messages(client, model="smart", max_tokens=2048, thinking=thinking)
+    assert response.status_code == 529  # retried where it could go, not refused as untranslatable
+    assert claude.stats()["requests"] == 3 and vllm.stats()["requests"] == 0

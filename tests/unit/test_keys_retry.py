@@ -85,3 +85,10 @@ def test_retry_after_in_seconds_milliseconds_and_as_a_date() -> None:
     assert retry_after([(b"retry-after", b"soon")]) is None
     assert retry_after([(b"retry-after", b"-3")]) == 0.0
     assert retry_after([]) is None
+
+
+def test_a_nonsense_or_huge_retry_after_is_bounded() -> None:
+    assert retry_after([(b"retry-after", b"inf")]) is None
+    assert retry_after([(b"retry-after", b"nan")]) is None
+    assert retry_after([(b"retry-after-ms", b"1e999")]) is None
+    assert retry_after([(b"retry-after", b"99999999")]) == 3600.0

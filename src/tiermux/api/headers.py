@@ -18,6 +18,11 @@ _NOT_RELAYED = frozenset(
         b"upgrade",
         b"date",
         b"server",
+        # what a provider says about the account behind tiermux's key is not the client's
+        b"set-cookie",
+        b"openai-organization",
+        b"openai-project",
+        b"anthropic-organization-id",
     }
 )
 

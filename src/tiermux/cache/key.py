@@ -73,10 +73,16 @@ KEY_FIELDS = frozenset(
         "reasoning_effort",
         "modalities",
         "top_k",
-        # Anthropic's Messages API names these differently
+        "verbosity",
+        "web_search_options",
+        # Anthropic's Messages API has these too
         "system",
         "stop_sequences",
         "thinking",
+        "output_config",
+        "context_management",
+        "mcp_servers",
+        "container",
     )
 )
 

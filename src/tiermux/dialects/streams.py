@@ -176,6 +176,11 @@ class _Translation:
         """What to send the client for ``chunk`` of the backend's stream."""
         if self.complete or self.errored or self.broken:
             return b""
+        if not self._tail and chunk[-2:] == b"\n\n" and chunk.count(b"\n\n") == 1 and b"\r" not in chunk:
+            # What backends send nearly always: one whole event per chunk.
+            out: list[bytes] = []
+            self._event(chunk[:-2], out)
+            return out[0] if len(out) == 1 else b"".join(out)
         if self._tail and b"\n" not in chunk and b"\r" not in chunk:
             # It ends no line, so no event: a long event waits in pieces, not copied every time.
             self._tail.append(chunk)
@@ -195,7 +200,7 @@ class _Translation:
         if cut < 0:
             self.broken = len(data) > MAX_EVENT_BYTES
             return b""
-        out: list[bytes] = []
+        out = []
         for event in data[:cut].split(b"\n\n"):
             self._event(event, out)
             if self.complete or self.errored or self.broken:
@@ -225,6 +230,11 @@ def _fields(event: bytes) -> tuple[bytes, bytes | None]:
     """An event's name and data (several data lines joined by a newline; None without one)."""
     if event[:5] == b"data:" and b"\n" not in event:  # OpenAI's events: one data line
         return b"", event[6:] if event[5:6] == b" " else event[5:]
+    if event[:6] == b"event:" and event.count(b"\n") == 1:  # Anthropic's: a name, one data line
+        cut = event.index(b"\n")
+        if event[cut + 1 : cut + 6] == b"data:":
+            skip = 7 if event[cut + 6 : cut + 7] == b" " else 6
+            return event[6:cut].strip(), event[cut + skip :]
     name = b""
     data: bytes | None = None
     for line in event.split(b"\n"):

@@ -13,6 +13,10 @@ from collections.abc import Callable
 
 __all__ = ["KeyRing"]
 
+# A key due back within this many seconds counts as back: event loop timers may wake a request
+# that slept for a key's rest that much early.
+SLACK = 0.01
+
 
 class KeyRing:
     """Round-robin over ``count`` keys (named by index: the keys themselves never leave the
@@ -35,8 +39,8 @@ class KeyRing:
         """The key for the next request, or None when every key is resting (or there is none)."""
         count = self.count
         if count <= 1:
-            return 0 if count and self._resting_until[0] <= self._clock() else None
-        now = self._clock()
+            return 0 if count and self._resting_until[0] <= self._clock() + SLACK else None
+        now = self._clock() + SLACK
         start = self._next
         for step in range(count):
             index = (start + step) % count
@@ -55,4 +59,5 @@ class KeyRing:
         """Seconds until a key is usable again (0 when one is now)."""
         if not self.count:
             return 0.0
-        return max(0.0, min(self._resting_until) - self._clock())
+        wait = min(self._resting_until) - self._clock()
+        return wait if wait > SLACK else 0.0

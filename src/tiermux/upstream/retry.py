@@ -10,16 +10,18 @@ one that is short enough to wait for.
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable
 
 from tiermux.config import RetryConfig
 
-__all__ = ["DEFAULT_REST", "RETRY_STATUSES", "RetryPolicy", "retry_after"]
+__all__ = ["DEFAULT_REST", "MAX_RETRY_AFTER", "RETRY_STATUSES", "RetryPolicy", "retry_after"]
 
 RETRY_STATUSES = frozenset({429, 503, 529})
-DEFAULT_REST = 1.0  # seconds a key rests after a 429 that named no retry-after
+DEFAULT_REST = 1.0  # seconds a key rests after a 429 that named no retry-after (and no retry is left)
+MAX_RETRY_AFTER = 3600.0  # the longest a key rests, whatever a backend asks
 
 
 class RetryPolicy:
@@ -49,21 +51,28 @@ class RetryPolicy:
 
 def retry_after(headers: list[tuple[bytes, bytes]], now: Callable[[], float] = time.time) -> float | None:
     """The wait an answer asks for: ``retry-after-ms`` (OpenAI), else ``retry-after`` in seconds
-    or as an HTTP date; None when it names none (or nonsense)."""
+    or as an HTTP date; None when it names none (or nonsense), at most ``MAX_RETRY_AFTER``."""
     seconds = None
     for name, value in headers:
         if name == b"retry-after-ms":
             try:
-                return max(0.0, float(value) / 1000.0)
+                return _bounded(float(value) / 1000.0)
             except ValueError:
                 continue
         if name == b"retry-after":
             try:
-                seconds = max(0.0, float(value))
+                seconds = _bounded(float(value))
             except ValueError:
                 try:
                     when = email.utils.parsedate_to_datetime(value.decode("latin-1"))
                 except (TypeError, ValueError):
                     continue
-                seconds = max(0.0, when.timestamp() - now())
+                seconds = _bounded(when.timestamp() - now())
     return seconds
+
+
+def _bounded(seconds: float) -> float:
+    """A wait between 0 and ``MAX_RETRY_AFTER`` (``inf`` and ``nan`` are a backend's nonsense)."""
+    if not math.isfinite(seconds):
+        raise ValueError(seconds)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
