@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 SYSTEM_DEPS := nginx wrk redis-server
 PYTEST_FLAGS ?= -q
 
-.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-metrics bench-quality bench-locust bench-micro bench-classifier model clean
+.PHONY: all install build run test test-compiled test-pure lint bench bench-throughput bench-budgets bench-cache bench-metrics bench-quality bench-dialects bench-locust bench-micro bench-classifier model clean
 
 all: install
 
@@ -45,7 +45,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 # Benchmarks live outside the test run. Results land in bench/results/.
-bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-metrics bench-quality bench-locust
+bench: bench-micro bench-classifier bench-throughput bench-budgets bench-cache bench-metrics bench-quality bench-dialects bench-locust
 
 bench-throughput: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput
@@ -65,6 +65,10 @@ bench-metrics: $(INSTALLED) system-deps
 # Whether the quality safety net's background checks slow the hot path (bench/results/quality.md).
 bench-quality: $(INSTALLED) system-deps
 	$(PY) -m bench.throughput --quality
+
+# What translating between the OpenAI and Anthropic dialects costs (bench/results/dialects.md).
+bench-dialects: $(INSTALLED) system-deps
+	$(PY) -m bench.throughput --dialects
 
 bench-locust: $(INSTALLED)
 	$(PY) -m bench.locust_run

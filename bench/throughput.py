@@ -29,6 +29,8 @@ Other modes:
 * ``--metrics``: what Prometheus metrics (and the access log) cost on the hot path
   (``bench/metrics.py``);
 * ``--quality``: whether the quality safety net's background checks slow the hot path (``bench/quality.py``);
+* ``--dialects``: what translating between the OpenAI and Anthropic dialects costs, against
+  same-dialect pass-through to the same backend (``bench/dialects.py``);
 * ``--soak N``: N requests through tiermux in fixed-length wrk segments, sampling worker RSS after
   each segment, to see whether memory stays flat.
 
@@ -67,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
 CHAT_LUA = BENCH_DIR / "wrk" / "chat.lua"
+CHAT_PATH = "/v1/chat/completions"
 
 MOCK_MODEL = "qwen-9b"
 READY_LINE = re.compile(r"mock-backend listening on http://(\S+):(\d+)")
@@ -264,11 +267,16 @@ def start_mock(
     latency_ms: float = 0.0,
     tokens: int = 16,
     name: str = "mock",
+    api_key: str = "",
 ) -> Service:
-    """``python -m bench.mock_backend`` on a free port; returns once it prints its address."""
+    """``python -m bench.mock_backend`` on a free port; returns once it prints its address.
+
+    ``api_key``: the only key the mock accepts (any key when empty)."""
     argv = [sys.executable, "-m", "bench.mock_backend", "--flavor", flavor, "--host", "127.0.0.1"]
     argv += ["--port", "0", "--model", model, "--tokens", str(tokens)]
     argv += ["--ttft-ms", f"{ttft_ms:g}", "--itl-ms", f"{itl_ms:g}", "--latency-ms", f"{latency_ms:g}"]
+    if api_key:
+        argv += ["--api-key", api_key]
     service = procs.spawn(name, argv)
     found: list[re.Match[str]] = []
 
@@ -649,10 +657,25 @@ def parse_wrk(target: str, text: str) -> WrkResult:
     )
 
 
-def wrk_command(url: str, duration: float, connections: int, threads: int, model: str) -> list[str]:
-    script = str(CHAT_LUA.relative_to(ROOT))
+@dataclass(frozen=True)
+class WrkLoad:
+    """What wrk posts: the path, the Lua script that builds the request, and the script's
+    arguments after the model. The default is the chat completion of ``bench/wrk/chat.lua``."""
+
+    path: str = CHAT_PATH
+    script: Path = CHAT_LUA
+    args: tuple[str, ...] = ()
+
+
+CHAT_LOAD = WrkLoad()
+
+
+def wrk_command(
+    url: str, duration: float, connections: int, threads: int, model: str, load: WrkLoad = CHAT_LOAD
+) -> list[str]:
+    script = str(load.script.relative_to(ROOT))
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script]
-    return [*argv, f"{url}/v1/chat/completions", "--", model]
+    return [*argv, f"{url}{load.path}", "--", model, *load.args]
 
 
 def run_wrk(
@@ -664,9 +687,10 @@ def run_wrk(
     threads: int,
     model: str,
     watch: dict[str, list[int]],
+    load: WrkLoad = CHAT_LOAD,
 ) -> WrkResult:
     """One wrk run; CPU of every group in ``watch`` (and of wrk) is measured over it."""
-    argv = wrk_command(url, duration, connections, threads, model)
+    argv = wrk_command(url, duration, connections, threads, model, load)
     with CpuProbe(watch) as probe:
         process = subprocess.Popen(
             argv,
@@ -867,11 +891,16 @@ def wrk_runner(
     models: dict[str, str],
     proxies: dict[str, dict[str, list[int]]],
     tiermux: dict[str, Service],
+    loads: dict[str, WrkLoad] | None = None,
+    backends: dict[str, Service] | None = None,
 ) -> Runner:
     """Runs wrk against a target, watching the mock and that target's processes (``proxies``);
-    for targets in ``tiermux``, the workers' RSS at the end of the run is recorded."""
+    for targets in ``tiermux``, the workers' RSS at the end of the run is recorded. ``loads``
+    gives a target other requests than chat.lua's chat completion, ``backends`` another mock
+    than ``mock`` (the one it loads, watched as ``mock``)."""
 
     def one(target: str, duration: float) -> WrkResult:
+        backend = (backends or {}).get(target, mock)
         result = run_wrk(
             target,
             urls[target],
@@ -879,7 +908,8 @@ def wrk_runner(
             connections=args.connections,
             threads=args.threads,
             model=models[target],
-            watch={"mock": [mock.pid]} | proxies[target],
+            watch={"mock": [backend.pid]} | proxies[target],
+            load=(loads or {}).get(target, CHAT_LOAD),
         )
         if target in tiermux:
             result.rss_mb = list(worker_rss(tiermux[target]).values())
@@ -1074,8 +1104,8 @@ def runs_section(args: argparse.Namespace, rounds: list[list[WrkResult]]) -> lis
     ]
 
 
-def load_line(args: argparse.Namespace) -> str:
-    return " ".join(wrk_command("URL", args.duration, args.connections, args.threads, "MODEL"))
+def load_line(args: argparse.Namespace, load: WrkLoad = CHAT_LOAD) -> str:
+    return " ".join(wrk_command("URL", args.duration, args.connections, args.threads, "MODEL", load))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1778,6 +1808,14 @@ def build_parser() -> argparse.ArgumentParser:
         "100%% of answers re-asked of a second mock in the background) against quality off; nginx for "
         "reference",
     )
+    dialects = parser.add_argument_group("dialect translation (--dialects)")
+    dialects.add_argument(
+        "--dialects",
+        action="store_true",
+        help="req/s, latency and CPU per request of tiermux translating Anthropic Messages requests "
+        "for an OpenAI backend and chat completions for an Anthropic one, against same-dialect "
+        "pass-through to the same backend; streamed too; nginx for reference",
+    )
     soak = parser.add_argument_group("soak (--soak N)")
     soak.add_argument("--soak", type=int, metavar="N", help="drive N requests through tiermux, sampling RSS")
     soak.add_argument("--segment", type=float, default=10.0, help="seconds per soak segment (default 10)")
@@ -1794,11 +1832,20 @@ def _grouping_line(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    modes = (args.routing, args.stream, args.soak, args.budgets, args.cache, args.metrics, args.quality)
+    modes = (
+        args.routing,
+        args.stream,
+        args.soak,
+        args.budgets,
+        args.cache,
+        args.metrics,
+        args.quality,
+        args.dialects,
+    )
     if sum(bool(mode) for mode in modes) > 1:
         parser.error(
-            "--routing, --budgets, --cache, --metrics, --quality, --stream and --soak are separate modes: "
-            "pick one"
+            "--routing, --budgets, --cache, --metrics, --quality, --dialects, --stream and --soak are "
+            "separate modes: pick one"
         )
     if args.one_session:
         global ONE_SESSION
@@ -1830,6 +1877,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.quality import run_quality
 
             return run_quality(args)
+        if args.dialects:
+            from bench.dialects import run_dialects
+
+            return run_dialects(args)
         return run_throughput(args)
     except BenchError as exc:
         print(f"bench.throughput: {exc}", file=sys.stderr)

@@ -1,9 +1,10 @@
 -- wrk script: POST one small, realistic chat completion and count answers that are not 2xx.
 --
---   wrk -t2 -c64 -d10s --latency -s bench/wrk/chat.lua http://HOST:PORT/v1/chat/completions [-- MODEL]
+--   wrk -t2 -c64 -d10s --latency -s bench/wrk/chat.lua http://HOST:PORT/v1/chat/completions [-- MODEL [stream]]
 --
 -- MODEL defaults to "auto" (tiermux picks the tier). Point wrk straight at a backend with the
 -- backend's own model name instead, so that it receives the same bytes a proxy would forward.
+-- "stream" after the model adds "stream":true (the answer is read to its end as an SSE stream).
 -- The request is built once per thread (no request() function), which keeps wrk's own cost low.
 -- Defining response() makes wrk hand every answer to Lua; that costs wrk some CPU, equally for
 -- every target, and buys an exact count of non-2xx answers (wrk itself only counts >= 400).
@@ -35,7 +36,8 @@ function init(args)
   wrk.body = '{"model":' .. json_string(model)
     .. ',"messages":[{"role":"system","content":' .. json_string(system)
     .. '},{"role":"user","content":' .. json_string(user)
-    .. '}],"max_tokens":64,"temperature":0}'
+    .. '}],"max_tokens":64,"temperature":0'
+    .. (args[2] == "stream" and ',"stream":true}' or '}')
   non2xx = 0
 end
 
