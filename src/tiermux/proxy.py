@@ -743,10 +743,10 @@ class Forwarder:
                 continue
             name = backend.name
             target, head, tail, extra = sending
-            last = not any(outgoing.to(self.backends[other]) for other in plan[position + 1 :])
             key = backend.keys.pick()
             if key is None:  # every key of this backend rests after 429s
                 wait = backend.keys.wait()
+                last = not self._takers_after(plan, position, outgoing)
                 pause = backend.retry.pause(retries + 1, wait) if last else None
                 if pause is None:
                     failure = RateLimited(f"backend {name!r} is rate limited", wait)
@@ -792,7 +792,7 @@ class Forwarder:
                 if retries <= backend.retry.attempts:
                     if status == 429 and backend.keys.wait() == 0.0:
                         again = 0.0  # another of its keys, at once
-                    elif last:
+                    elif not self._takers_after(plan, position, outgoing):
                         again = pause
                 if again is None:
                     if status != 429:  # overloaded counts against health once, when given up on
@@ -804,7 +804,7 @@ class Forwarder:
                 continue
             if status >= 500:
                 health.record_failure(name, f"answered {status}")
-                if not last and status in _FAILOVER_STATUSES:
+                if status in _FAILOVER_STATUSES and self._takers_after(plan, position, outgoing):
                     logger.debug("backend %s answered %d; trying the next one", name, status)
                     failure = None
                     health.finished(name)
@@ -838,6 +838,11 @@ class Forwarder:
         if refused is not None:
             return refused
         raise failure or outgoing.refusal or BadGateway("no backend of the chain could answer")
+
+    def _takers_after(self, plan: list[str], position: int, outgoing: _Outgoing) -> bool:
+        """Whether a backend planned after ``position`` can take the request (translating it for
+        them if need be: asked only when a backend failed, not on every request)."""
+        return any(outgoing.to(self.backends[name]) is not None for name in plan[position + 1 :])
 
     async def _forward_answer(
         self,
