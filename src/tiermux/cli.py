@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tiermux import __version__
-from tiermux.config import AUTO, Config, ConfigError, exposure_problem, load_config
+from tiermux.config import AUTO, Config, ConfigError, exposure_problem, load_config, read_api_keys
 
 if TYPE_CHECKING:
     from tiermux.quality.window import QualityWindow
+    from tiermux.upstream.backend import Backend
 
 __all__ = ["main"]
 
@@ -38,12 +39,13 @@ def _check(args: argparse.Namespace) -> int:
     from tiermux.app import TiermuxApp
 
     try:
-        TiermuxApp(config)
+        app = TiermuxApp(config)
     except (OSError, ValueError) as exc:
         print(f"tiermux: config error: {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     tiers = ", ".join(f"{name} -> {' > '.join(chain)}" for name, chain in config.tiers.items())
     print(f"{args.config}: ok ({len(config.backends)} backends; tiers: {tiers})")
+    print(f"backends: {', '.join(_describe_backend(b) for b in app.backends.values())}")
     budgets = [
         f"{service} ${rule.daily_usd:g}/day ("
         + (
@@ -62,6 +64,12 @@ def _check(args: argparse.Namespace) -> int:
     where = (log.path or "stdout") if log.enabled else "off"
     print(f"metrics: {'on' if config.metrics.enabled else 'off'}; access log: {where}")
     return 0
+
+
+def _describe_backend(backend: Backend) -> str:
+    """A backend's name, dialect and how many keys it rotates (never the keys)."""
+    keys = len(read_api_keys(backend.config))
+    return f"{backend.name} ({backend.dialect}, {keys} key{'s' if keys != 1 else ''})"
 
 
 def _describe_cache(config: Config) -> str:

@@ -487,6 +487,10 @@ def test_cli_check_demo_config() -> None:
     assert "ok" in result.stdout
     assert "budgets: none; state: this machine's shared memory" in result.stdout
     assert "metrics: on; access log: off" in result.stdout
+    assert "backends: local-9b (openai, 0 keys), frontier (openai, 1 key), claude (anthropic, 1 key)" in (
+        result.stdout
+    )
+    assert "demo-key" not in result.stdout
     assert (
         "cache: on (300s, 64 MiB per worker, deterministic requests only, identical requests" in result.stdout
     )
