@@ -12,7 +12,7 @@ NO_EXTENSIONS = os.environ.get("TIERMUX_NO_EXTENSIONS", "") not in ("", "0")
 DEBUG = os.environ.get("TIERMUX_DEBUG_BUILD", "") not in ("", "0")
 
 # Each csrc/NAME.pyx becomes tiermux._ext.NAME; tiermux/_pure/NAME.py is its twin.
-COMPILED_MODULES = ["jsonscan", "h1client", "classify", "atomics", "canonical"]
+COMPILED_MODULES = ["jsonscan", "h1client", "classify", "atomics", "canonical", "sse"]
 
 
 def extensions() -> list[Extension]:

@@ -4,6 +4,10 @@ Every module built from ``csrc/`` has a twin under ``tiermux._pure`` with the sa
 exceptions. ``TIERMUX_NO_EXTENSIONS=1`` forces the twins; otherwise the compiled modules are used
 when they were built, and the twins when they were not (an install without a compiler still works).
 Nothing else in the package imports ``tiermux._ext`` directly.
+
+``sse`` (the stream translators) is chosen the same way but on first use: it reads
+``tiermux.accounting.usage``, which reads ``jsonscan`` from here, so loading it with the others
+would make whichever of the two modules is imported first import the other half-made.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ["COMPILED", "NO_EXTENSIONS", "atomics", "canonical", "classify", "h1client", "jsonscan"]
+__all__ = ["COMPILED", "NO_EXTENSIONS", "atomics", "canonical", "classify", "h1client", "jsonscan", "sse"]
 
 NO_EXTENSIONS: bool = os.environ.get("TIERMUX_NO_EXTENSIONS", "") not in ("", "0")
 
@@ -38,9 +42,30 @@ def _load() -> tuple[bool, ModuleType, ModuleType, ModuleType, ModuleType, Modul
     return False, py_jsonscan, py_h1client, py_classify, py_atomics, py_canonical
 
 
+def _load_sse(compiled: bool) -> ModuleType:
+    """The translators' module: compiled with the others, or the twin with theirs (and when a build
+    predates it, so that the other compiled modules are kept)."""
+    if compiled:
+        try:
+            from tiermux._ext import sse as c_sse
+        except ImportError:
+            pass
+        else:
+            return c_sse
+    from tiermux._pure import sse as py_sse
+
+    return py_sse
+
+
 if TYPE_CHECKING:  # both twins share one interface; type-check against the pure one
-    from tiermux._pure import atomics, canonical, classify, h1client, jsonscan
+    from tiermux._pure import atomics, canonical, classify, h1client, jsonscan, sse
 
     COMPILED: bool
 else:
     COMPILED, jsonscan, h1client, classify, atomics, canonical = _load()
+
+    def __getattr__(name: str) -> ModuleType:
+        if name == "sse":
+            module = globals()["sse"] = _load_sse(COMPILED)
+            return module
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

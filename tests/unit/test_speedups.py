@@ -14,7 +14,9 @@ import tiermux._pure.atomics as pure_atomics
 import tiermux._pure.classify as pure_classify
 import tiermux._pure.h1client as pure_h1client
 import tiermux._pure.jsonscan as pure_jsonscan
+import tiermux._pure.sse as pure_sse
 from tiermux import _speedups
+from tiermux.dialects import streams
 from tiermux.routing.weights import load_weights
 from tiermux.upstream import pool
 from tiermux.upstream.errors import UpstreamError
@@ -29,6 +31,7 @@ def _compiled_available() -> bool:
         importlib.import_module("tiermux._ext.h1client")
         importlib.import_module("tiermux._ext.classify")
         importlib.import_module("tiermux._ext.atomics")
+        importlib.import_module("tiermux._ext.sse")
     except ImportError:
         return False
     return True
@@ -44,6 +47,7 @@ def test_compiled_extensions_are_loaded() -> None:
         (_speedups.classify, "classify"),
         (_speedups.atomics, "atomics"),
         (_speedups.canonical, "canonical"),
+        (_speedups.sse, "sse"),
     ):
         assert module.__name__ == f"tiermux._ext.{name}"
         assert module.__file__ is not None
@@ -53,6 +57,7 @@ def test_compiled_extensions_are_loaded() -> None:
     assert pool.h1client.Connection.__module__ == "tiermux._ext.h1client"
     assert pool.h1client.Response.__module__ == "tiermux._ext.h1client"
     assert type(load_weights().model).__module__ == "tiermux._ext.classify"  # the router's model
+    assert streams.MessagesFromChatStream.__module__ == "tiermux._ext.sse"  # and the translators
 
 
 @pytest.mark.skipif(not NO_EXTENSIONS, reason="only when the pure twins are forced")
@@ -63,6 +68,8 @@ def test_pure_twins_are_loaded() -> None:
     assert _speedups.h1client is pure_h1client
     assert _speedups.classify is pure_classify
     assert _speedups.atomics is pure_atomics
+    assert _speedups.sse is pure_sse
+    assert streams.ChatFromMessagesStream is pure_sse.ChatFromMessagesStream
     assert pool.h1client is pure_h1client
     assert type(load_weights().model) is pure_classify.Model
 
@@ -73,6 +80,7 @@ def test_compiled_flag_matches_the_modules() -> None:
     assert _speedups.h1client.__name__.startswith(prefix)
     assert _speedups.classify.__name__.startswith(prefix)
     assert _speedups.atomics.__name__.startswith(prefix)
+    assert _speedups.sse.__name__.startswith(prefix)
 
 
 def test_twins_share_names_and_exceptions() -> None:
@@ -87,6 +95,9 @@ def test_twins_share_names_and_exceptions() -> None:
 
     assert set(c_classify.__all__) == set(pure_classify.__all__)
     assert c_classify.TextStats is pure_classify.TextStats
+    from tiermux._ext import sse as c_sse
+
+    assert set(c_sse.__all__) == set(pure_sse.__all__)
     assert c_classify.FEATURES_VERSION == pure_classify.FEATURES_VERSION
     # One exception class, defined in Python, raised by both.
     assert c_jsonscan.ScanError is pure_jsonscan.ScanError
@@ -128,3 +139,20 @@ def test_compiled_is_used_when_built_and_not_forced_off(flag: str | None) -> Non
     if not _compiled_available():
         pytest.skip("compiled extensions are not built")
     assert _probe(flag) == [True, "tiermux._ext.jsonscan", "tiermux._ext.h1client", "tiermux._ext.h1client"]
+
+
+FIRST_IMPORTS = [
+    "tiermux.accounting.usage",
+    "tiermux._speedups",
+    "tiermux._pure.sse",
+    "tiermux.dialects.streams",
+]
+
+
+@pytest.mark.parametrize("first", FIRST_IMPORTS)
+def test_the_translators_load_whichever_module_is_imported_first(first: str) -> None:
+    # tiermux._speedups -> sse -> tiermux.accounting.usage -> tiermux._speedups: sse is loaded on
+    # first use, so that no order finds a module half-made.
+    code = f"import {first}; from tiermux.dialects.streams import MessagesFromChatStream; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
