@@ -50,7 +50,13 @@ def make(
     """A proxy with a local vLLM (tier ``local``, alias ``cheap``) and an Anthropic backend with
     three keys (tier ``claude``, alias ``smart``); keywords change the Anthropic backend."""
 
-    def build(tiers: dict[str, list[str]] | None = None, **claude_fields: Any) -> ProxyClient:
+    def build(
+        tiers: dict[str, list[str]] | None = None,
+        routing: dict[str, Any] | None = None,
+        quality: dict[str, Any] | None = None,
+        cache: dict[str, Any] | None = None,
+        **claude_fields: Any,
+    ) -> ProxyClient:
         fields: dict[str, Any] = {"type": "anthropic", "api_keys": ["${KEY_1}", "${KEY_2}", "${KEY_3}"]}
         fields["retry"] = {"backoff": 0.01}
         fields.update(claude_fields)
@@ -60,8 +66,11 @@ def make(
                 backend_entry("claude", claude.url, CLAUDE_MODEL, **fields),
             ],
             "tiers": tiers or {"local": ["local-9b"], "claude": ["claude"]},
-            "routing": {"aliases": {"cheap": "local", "smart": "claude"}, "classifier": {"enabled": False}},
+            "routing": routing
+            or {"aliases": {"cheap": "local", "smart": "claude"}, "classifier": {"enabled": False}},
         }
+        tree.update({"quality": quality} if quality else {})
+        tree.update({"cache": cache} if cache else {})
         return proxy_factory(load_config(config_file(tree), ENV))
 
     return build
@@ -493,3 +502,29 @@ def test_a_backend_that_cannot_take_the_request_is_no_next_one_to_fail_over_to(
     response = messages(client, model="smart", max_tokens=2048, thinking=thinking)
     assert response.status_code == 529  # retried where it could go, not refused as untranslatable
     assert claude.stats()["requests"] == 3 and vllm.stats()["requests"] == 0
+
+
+def test_the_quality_safety_net_may_check_against_an_anthropic_reference(
+    make: Callable[..., ProxyClient], claude: BackendHandle, vllm: BackendHandle
+) -> None:
+    text = "The invoice total is 42 euros, due on 1 March."
+    vllm.configure(text=text)
+    claude.configure(text=text)
+    client = make(
+        tiers={"cheap": ["local-9b"], "capable": ["claude"]},
+        routing={"default_tier": "cheap", "allow_header_override": True},
+        quality={"enabled": True, "reference": "claude", "sample_rate": 1.0, "min_samples": 2},
+        cache={"enabled": False},
+    )
+    for _ in range(3):
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "Pull out the total."}]},
+            headers={"x-tiermux-category": "extraction"},
+        )
+        assert response.headers["x-tiermux-backend"] == "local-9b"
+    assert client.app.quality is not None
+    client.run(client.app.quality.drain())
+    extraction = client.get("/stats").json()["quality"]["categories"]["extraction"]
+    assert extraction["samples"] == 3 and extraction["score"] == 1.0
+    assert [path for path, _, _ in sent(claude)] == ["/v1/messages"] * 3  # asked in its dialect
