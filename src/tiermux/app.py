@@ -104,7 +104,7 @@ class TiermuxApp:
             # In distributed mode, the fleet's window in Redis decides and every instance follows.
             fleet = RedisQuality(self.redis, config.quality) if self.redis is not None else None
             self.quality = QualityChecker(
-                config, window, self.backends, self.ledger, lambda chain: self.health.plan(chain)[0], fleet
+                config, window, self.backends, self.ledger, self.health.first, fleet
             )
             self.router.promoted = window.promoted
         self.forwarder = Forwarder(
@@ -251,7 +251,7 @@ class TiermuxApp:
         body = await self.forwarder.receive_body(receive)
         endpoint = "/completions" if _is_completion(body) else "/chat/completions"
         decision = self.forwarder.decide(endpoint, body, scope)
-        first = self.backends[self.health.plan(decision.backends)[0]]  # where it would go now
+        first = self.backends[self.health.first(decision.backends)]  # where it would go now
         confidence = self.router.tier_confidence(decision)
         await _send_json(send, 200, encode_decision(decision, first.name, first.config.model, confidence))
 

@@ -49,6 +49,7 @@ from tiermux.api.errors import (
 from tiermux.api.headers import JSON_HEADERS, SSE_HEADERS, relayed_headers
 from tiermux.api.wire import decode_routing_fields
 from tiermux.cache.flight import Flight, Head
+from tiermux.cache.hits import KnownHit, Received
 from tiermux.cache.replay import ReplayError
 from tiermux.cache.responses import Asked, Mode, Outcome, ResponseCache
 from tiermux.cache.store import Entry
@@ -57,6 +58,7 @@ from tiermux.dialects import OPENAI, Untranslatable
 from tiermux.dialects.passage import (
     ANTHROPIC_SPEAKER,
     OPENAI_SPEAKER,
+    Form,
     Speaker,
     StreamTap,
     passage,
@@ -141,6 +143,7 @@ class Forwarder:
         self.metrics = metrics
         self.quality = quality
         self._id_prefix = os.urandom(5).hex()
+        self._id_prefixes: dict[tuple[str, str], str] = {}
         self._answers = 0
         self._tiers = frozenset(router.config.tiers)
         self.cache = cache if cache is not None and cache.enabled else None
@@ -156,9 +159,13 @@ class Forwarder:
 
     def _note(self, record: RequestRecord, decision: Decision) -> None:
         """Where routing sent a request."""
+        record.category, record.tier = self._labels(decision)
+
+    def _labels(self, decision: Decision) -> tuple[str, str]:
+        """The category and tier of a decision, as the metrics and the access log name them."""
         classification = decision.classification
-        record.category = classification.category if classification is not None else NONE
-        record.tier = decision.tier if decision.tier in self._tiers else PINNED
+        category = classification.category if classification is not None else NONE
+        return category, decision.tier if decision.tier in self._tiers else PINNED
 
     def _added_headers(self, decision: Decision, backend: Backend) -> list[tuple[bytes, bytes]]:
         classification = decision.classification
@@ -231,19 +238,26 @@ class Forwarder:
         if cache is None:
             await self._route_and_answer(endpoint, body, record, scope, receive, send)
             return
-        # Sampled requests (most traffic) are told apart first, by the cheapest check.
-        mode = cache.mode(endpoint, body, scope["headers"]) if not features else Mode.BYPASS
-        asked = None if mode is Mode.BYPASS else cache.asked(body, endpoint, service, self._overrides(scope))
+        mode = cache.control(scope["headers"]) if not features else Mode.BYPASS
+        asked = None
+        if mode is not Mode.BYPASS:
+            if self.quality is not None:  # promotions change routing: forget routes decided before
+                cache.follow_promotions(self.quality.window.epoch())
+            overrides = self._overrides(scope)
+            received = (endpoint, body, service, overrides)
+            # A request answered from the cache before is answered again first, for the least
+            # work (its exact bytes name it: tiermux.cache.hits); the others pay for their key.
+            if mode is Mode.USE:
+                known = cache.known.get(received)
+                if known is not None and await self._answer_known(known, record, send):
+                    return
+            if cache.reproducible(endpoint, body):
+                asked = cache.asked(body, endpoint, service, overrides)
         if asked is None:  # not to be cached, or not a body the cache can read (routing will say why)
             cache.count(Outcome.BYPASS)
             await self._route_and_answer(endpoint, body, record, scope, receive, send, Outcome.BYPASS.header)
             return
-        if self.quality is not None:  # promotions change routing: forget routes decided before
-            epoch = self.quality.window.epoch()
-            if epoch != cache.routes_epoch:
-                cache.routes.clear()
-                cache.routes_epoch = epoch
-        if mode is Mode.USE and await self._known_hit(asked, endpoint, body, record, send):
+        if mode is Mode.USE and await self._known_hit(asked, received, body, record, send):
             return
         decision, request = self._route(endpoint, body, scope)
         self._note(record, decision)
@@ -364,24 +378,55 @@ class Forwarder:
     # --- answers paid for once ---------------------------------------------------------------
 
     async def _known_hit(
-        self, asked: Asked, endpoint: str, body: bytes, record: RequestRecord, send: Send
+        self, asked: Asked, received: Received, body: bytes, record: RequestRecord, send: Send
     ) -> bool:
         """Answer a request seen before from the cache, without routing it again: an identical
         request is routed identically, so its decision was remembered the first time. Whether
-        it was answered."""
+        it was answered; if so, the next request with the same bytes is a known hit."""
         cache = self.cache
         assert cache is not None
         decision = cache.routes.get(asked.key)
         if decision is None:
             return False
-        planned = self.backends[self.health.plan(decision.backends)[0]]
-        entry = cache.get(cache.answer_key(asked, planned.name, planned.config.model))
+        planned = self.backends[self.health.first(decision.backends)]
+        key = cache.answer_key(asked, planned.name, planned.config.model)
+        entry = cache.get(key)
         if entry is None:
             return False
-        cache.count(Outcome.HIT)
-        self._note(record, decision)
-        await self._send_entry(entry, decision, record, _form_of(endpoint, body, _streams(body)), send)
+        known = self._known(key, entry, decision, asked, body)
+        cache.known.put(received, known)
+        await self._send_hit(known, entry, record, send)
         return True
+
+    async def _answer_known(self, known: KnownHit, record: RequestRecord, send: Send) -> bool:
+        """Answer a known hit again, if it still holds: its backend still the one planned
+        first, its entry still kept and fresh. Whether it was answered."""
+        if self.health.first(known.decision.backends) != known.backend.name:
+            return False
+        assert self.cache is not None
+        entry = self.cache.get(known.answer_key)
+        if entry is None:
+            return False
+        await self._send_hit(known, entry, record, send)
+        return True
+
+    def _known(self, key: bytes, entry: Entry, decision: Decision, asked: Asked, body: bytes) -> KnownHit:
+        """What answering ``body`` with ``entry`` (kept under ``key``) takes, prepared once."""
+        backend = self.backends[entry.backend]
+        category, tier = self._labels(decision)
+        headers = [*JSON_HEADERS, *self._added_headers(decision, backend), Outcome.HIT.header]
+        classification = decision.classification
+        row = (
+            asked.service,
+            backend.name,
+            decision.tier,
+            classification.category if classification else None,
+        )
+        client = speaker(asked.endpoint)
+        stream = _streams(body)
+        form = Form(client, stream, stream and client is OPENAI_SPEAKER and wants_usage(body))
+        prefix = self._id_prefix_of(category, tier)
+        return KnownHit(key, backend, decision, form, headers, category, tier, prefix, row)
 
     async def _cached(
         self,
@@ -399,15 +444,15 @@ class Forwarder:
         its answer for the next request)."""
         cache = self.cache
         assert cache is not None
-        planned = self.backends[self.health.plan(decision.backends)[0]]
+        planned = self.backends[self.health.first(decision.backends)]
         key = cache.answer_key(asked, planned.name, planned.config.model)
         form = _form_of(endpoint, body, request is not None and request.stream)
         flight = None
         if mode is Mode.USE:
             entry = cache.get(key)
             if entry is not None:
-                cache.count(Outcome.HIT)
-                await self._send_entry(entry, decision, record, form, send)
+                known = self._known(key, entry, decision, asked, body)
+                await self._send_hit(known, entry, record, send)
                 return
             if cache.dedup:
                 flight = cache.flights.get(key)
@@ -448,7 +493,7 @@ class Forwarder:
                 if decision is not call.decision and call.mode is Mode.USE:
                     # Downgraded: the cheaper tier's answer may be kept already.
                     entry = cache.get(
-                        self._key_for(call, self.backends[self.health.plan(decision.backends)[0]])
+                        self._key_for(call, self.backends[self.health.first(decision.backends)])
                     )
                     if entry is not None:
                         self._land(flight, entry, decision)
@@ -563,7 +608,7 @@ class Forwarder:
         self.cache.store(self._key_for(call, backend), Entry(answer, backend.name, time.time(), usage))
 
     async def _serve_flight(
-        self, flight: Flight, first: bool, record: RequestRecord, form: _Form, send: Send
+        self, flight: Flight, first: bool, record: RequestRecord, form: Form, send: Send
     ) -> None:
         """Answer one subscriber of a flight, in the form it asked for."""
         cache = self.cache
@@ -598,7 +643,7 @@ class Forwarder:
         flight: Flight,
         head: Head,
         added: list[tuple[bytes, bytes]],
-        form: _Form,
+        form: Form,
         send: Send,
         record: RequestRecord,
     ) -> None:
@@ -616,31 +661,34 @@ class Forwarder:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": tap.finish()})
 
-    async def _send_entry(
-        self, entry: Entry, decision: Decision, record: RequestRecord, form: _Form, send: Send
-    ) -> None:
-        backend = self.backends[entry.backend]
-        record.cache = Outcome.HIT.name
-        record.backend = backend.name
+    async def _send_hit(self, known: KnownHit, entry: Entry, record: RequestRecord, send: Send) -> None:
+        """Answer with a kept entry: as JSON, or replayed as the stream the client asked for."""
+        assert self.cache is not None
+        self.cache.count(Outcome.HIT)
+        record.category = known.category
+        record.tier = known.tier
+        record.backend = known.backend.name
+        record.cache = _HIT
         record.status = 200
-        added = [
-            Outcome.HIT.header,
-            (b"age", str(max(0, int(time.time() - entry.created))).encode()),
-            self.request_id(record),
-        ]
-        self._book_free(record, backend, decision, entry.usage)
-        if form.stream:
-            await self._send_replay(entry.body, backend, decision, form, added, send)
-        else:
-            headers = [*JSON_HEADERS, *self._added_headers(decision, backend), *added]
-            await _send_answer(send, 200, headers, entry.body)
+        booking = known.booking(entry, self.ledger)
+        booking.book()
+        _count_tokens(record, booking.usage)
+        self._answers += 1
+        record.request_id = request_id = f"{known.id_prefix}{self._answers:x}"
+        added = [_age_header(entry), (REQUEST_ID_HEADER, request_id.encode())]
+        if known.form.stream:
+            added.insert(0, Outcome.HIT.header)
+            await self._send_replay(entry.body, known.backend, known.decision, known.form, added, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": known.json_headers + added})
+        await send({"type": "http.response.body", "body": entry.body})
 
     async def _send_replay(
         self,
         answer: bytes,
         backend: Backend,
         decision: Decision,
-        form: _Form,
+        form: Form,
         added: list[tuple[bytes, bytes]],
         send: Send,
     ) -> None:
@@ -895,9 +943,17 @@ class Forwarder:
         category and tier (so that feedback on it needs no lookup), then this worker's prefix
         and a count (unique across workers and restarts)."""
         self._answers += 1
-        request_id = request_ids.encode(record.category, record.tier, f"{self._id_prefix}{self._answers:x}")
+        request_id = f"{self._id_prefix_of(record.category, record.tier)}{self._answers:x}"
         record.request_id = request_id
         return (REQUEST_ID_HEADER, request_id.encode())
+
+    def _id_prefix_of(self, category: str, tier: str) -> str:
+        """The request ids of answers of ``category`` from ``tier`` start with this (each
+        combination is built once: both come from config and fixed sets)."""
+        prefix = self._id_prefixes.get((category, tier))
+        if prefix is None:
+            prefix = self._id_prefixes[(category, tier)] = request_ids.encode(category, tier, self._id_prefix)
+        return prefix
 
     def _watching(self, decision: Decision, request: RequestText | None, backend: Backend) -> bool:
         """Whether the quality safety net wants this answer: a classified request answered by a
@@ -980,18 +1036,6 @@ class Forwarder:
             return not tap.broken
         finally:
             response.close()  # an unfinished answer (the client left) costs its connection
-
-
-class _Form:
-    """The form a client asked for: its dialect, a stream or not, and with OpenAI's usage chunk
-    or not."""
-
-    __slots__ = ("client", "include_usage", "stream")
-
-    def __init__(self, client: Speaker, stream: bool, include_usage: bool) -> None:
-        self.client = client
-        self.stream = stream
-        self.include_usage = include_usage
 
 
 class _Sending(tuple[str, bytes, bytes, bytes]):
@@ -1106,6 +1150,18 @@ def _count_tokens(record: RequestRecord, usage: Usage | None) -> None:
         record.output_tokens = usage.completion_tokens
 
 
+# The Age header of answers kept up to ten minutes, made once.
+_AGE_HEADERS = tuple((b"age", str(seconds).encode()) for seconds in range(600))
+_HIT = Outcome.HIT.name
+
+
+def _age_header(entry: Entry) -> tuple[bytes, bytes]:
+    seconds = int(time.time() - entry.created)
+    if seconds < len(_AGE_HEADERS):
+        return _AGE_HEADERS[max(0, seconds)]
+    return (b"age", str(seconds).encode())
+
+
 def _streams(body: bytes) -> bool:
     try:
         start, end = jsonscan.value_span(body, b"stream")
@@ -1114,9 +1170,9 @@ def _streams(body: bytes) -> bool:
     return body[start:end] == b"true"
 
 
-def _form_of(endpoint: str, body: bytes, stream: bool) -> _Form:
+def _form_of(endpoint: str, body: bytes, stream: bool) -> Form:
     client = speaker(endpoint)
-    return _Form(client, stream, stream and client is OPENAI_SPEAKER and wants_usage(body))
+    return Form(client, stream, stream and client is OPENAI_SPEAKER and wants_usage(body))
 
 
 async def _send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from bench.mock_backend import BackendHandle
+from tests.integration.test_metrics import scrape, total
 from tests.support import ProxyClient
 
 GREEDY = {"model": "fast", "messages": [{"role": "user", "content": "Is 7 prime?"}], "temperature": 0}
@@ -157,7 +158,10 @@ def test_cache_control_no_store_and_no_cache_are_respected(
     assert outcome(client.post("/v1/chat/completions", json=GREEDY, headers=no_cache)) == "MISS"
     assert calls(vllm) == 3  # no-cache asked the backend again...
     assert outcome(client.chat(GREEDY)) == "HIT"  # ...and kept its fresh answer
+    assert outcome(client.chat(GREEDY)) == "HIT"  # (now a known hit)
     assert calls(vllm) == 3
+    assert outcome(client.post("/v1/chat/completions", json=GREEDY, headers=no_cache)) == "MISS"
+    assert calls(vllm) == 4  # known or not, no-cache asks the backend
 
 
 def test_failed_and_unfinished_answers_are_not_kept(
@@ -195,6 +199,33 @@ def test_embeddings_are_cached_and_a_disabled_cache_says_nothing(
     off = cached({"enabled": False})
     response = off.chat(GREEDY)
     assert response.status_code == 200 and "x-tiermux-cache" not in response.headers
+
+
+def test_a_request_answered_again_and_again_is_the_same_answer_booked_each_time(
+    cached: Callable[..., ProxyClient], vllm: BackendHandle
+) -> None:
+    # From the third time on, the request's bytes find everything its hit needs prepared.
+    client = cached()
+    answers = [client.chat(GREEDY) for _ in range(6)]
+    assert [outcome(a) for a in answers] == ["MISS"] + ["HIT"] * 5
+    assert all(a.content == answers[0].content for a in answers)
+    hits = answers[1:]
+    assert {a.headers["x-tiermux-backend"] for a in hits} == {"local-9b"}
+    assert all(a.headers["x-tiermux-tier"] == answers[0].headers["x-tiermux-tier"] for a in hits)
+    ids = [a.headers["x-tiermux-request-id"] for a in answers]
+    assert len(set(ids)) == 6
+    assert all(i.rsplit("-", 1)[0] == ids[0].rsplit("-", 1)[0] for i in ids)  # category and tier
+    streamed = [client.chat({**GREEDY, "stream": True}) for _ in range(3)]
+    assert [outcome(s) for s in streamed] == ["HIT"] * 3
+    assert {streamed_text(s.content) for s in streamed} == {
+        answers[0].json()["choices"][0]["message"]["content"]
+    }
+    stats = client.get("/stats").json()
+    assert (stats["total"]["requests"], stats["total"]["cache_answers"], stats["cache"]["hits"]) == (9, 8, 8)
+    assert stats["total"]["cache_saved_usd"] == pytest.approx(8 * stats["total"]["spend_usd"])
+    samples = scrape(client)
+    assert total(samples, "tiermux_requests_total", backend="local-9b", status="200") == 9
+    assert calls(vllm) == 1
 
 
 # --- either form from either form --------------------------------------------------------------

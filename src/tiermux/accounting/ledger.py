@@ -20,7 +20,7 @@ from tiermux.accounting.usage import Usage
 from tiermux.config import Config, Price
 from tiermux.routing.categories import CATEGORIES
 
-__all__ = ["FIELDS", "Ledger", "ledger_cells"]
+__all__ = ["FIELDS", "FreeBooking", "Ledger", "ledger_cells"]
 
 REQUESTS, UNMETERED, INPUT, CACHED, OUTPUT, COST, BASELINE, CACHE_ANSWERS, CACHE_SAVED = range(9)
 FIELDS = 9
@@ -55,6 +55,34 @@ class _Prices:
             + cached * self.cached
             + usage.completion_tokens * self.output
         )
+
+
+class FreeBooking:
+    """The booking of one answer that cost nothing: its cells and values, priced once."""
+
+    __slots__ = ("_base", "_baseline", "_cells", "saved", "usage")
+
+    def __init__(
+        self, cells: atomics.Cells, base: int, usage: Usage | None, saved: int, baseline: int
+    ) -> None:
+        self._cells = cells
+        self._base = base
+        self.usage = usage
+        self.saved = saved  # what the backend call would have cost, pico-USD
+        self._baseline = baseline
+
+    def book(self) -> int:
+        """Book it once more; what it saved."""
+        cells = self._cells
+        base = self._base
+        cells.add(base + REQUESTS, 1)
+        cells.add(base + CACHE_ANSWERS, 1)
+        if self.usage is None:
+            cells.add(base + UNMETERED, 1)
+            return 0
+        cells.add(base + CACHE_SAVED, self.saved)
+        cells.add(base + BASELINE, self._baseline)
+        return self.saved
 
 
 class Ledger:
@@ -108,17 +136,18 @@ class Ledger:
         self, service: str, backend: str, tier: str, category: str | None, usage: Usage | None
     ) -> int:
         """Book one request answered without a backend call; what that call would have cost."""
-        cells = self._cells
+        return self.free_booking(service, backend, tier, category, usage).book()
+
+    def free_booking(
+        self, service: str, backend: str, tier: str, category: str | None, usage: Usage | None
+    ) -> FreeBooking:
+        """What ``record_free`` books, priced once, to be booked for each identical answer."""
         base = self._base(service, backend, tier, category)
-        cells.add(base + REQUESTS, 1)
-        cells.add(base + CACHE_ANSWERS, 1)
         if usage is None:
-            cells.add(base + UNMETERED, 1)
-            return 0
-        saved = self._prices[backend].cost(usage)
-        cells.add(base + CACHE_SAVED, saved)
-        cells.add(base + BASELINE, self._baseline.cost(usage))
-        return saved
+            return FreeBooking(self._cells, base, None, 0, 0)
+        return FreeBooking(
+            self._cells, base, usage, self._prices[backend].cost(usage), self._baseline.cost(usage)
+        )
 
     def rows(self) -> list[tuple[tuple[str, str, str, str], list[int]]]:
         """((service, backend, tier, category), the fields) of every combination with requests."""

@@ -23,6 +23,7 @@ import msgspec
 
 from tiermux._speedups import atomics, jsonscan
 from tiermux.cache.flight import Flight
+from tiermux.cache.hits import KnownHits
 from tiermux.cache.key import CacheKeyError, answer_key, asked_key, canonical_form, deterministic, sampling_of
 from tiermux.cache.shared import SharedCache
 from tiermux.cache.store import Entry, LocalCache
@@ -120,6 +121,8 @@ class ResponseCache:
         # hit skip classification.
         self.routes: dict[bytes, Decision] = {}
         self.routes_epoch = 0  # of the quality promotions they were decided under
+        # Hits seen before, ready to be answered again (see ``tiermux.cache.hits``).
+        self.known = KnownHits()
         self._cells = cells
 
     def __repr__(self) -> str:
@@ -170,6 +173,13 @@ class ResponseCache:
     def answer_key(self, asked: Asked, backend: str, model: str) -> bytes:
         """The key of the answer to ``asked`` from ``backend``/``model``."""
         return answer_key(asked.form, asked.endpoint, asked.service, backend, model)
+
+    def follow_promotions(self, epoch: int) -> None:
+        """Forget the routes decided before the quality promotions changed (``epoch``)."""
+        if epoch != self.routes_epoch:
+            self.routes.clear()
+            self.known.clear()
+            self.routes_epoch = epoch
 
     def remember(self, asked: Asked, decision: Decision) -> None:
         routes = self.routes

@@ -35,6 +35,7 @@ from tiermux.dialects.streams import ChatFromMessagesStream, MessagesFromChatStr
 __all__ = [
     "ANTHROPIC_SPEAKER",
     "OPENAI_SPEAKER",
+    "Form",
     "Passage",
     "Speaker",
     "StreamTap",
@@ -121,6 +122,18 @@ ANTHROPIC_SPEAKER = _AnthropicSpeaker()
 def speaker(endpoint: str) -> Speaker:
     """The dialect a client speaks, by the endpoint it called."""
     return ANTHROPIC_SPEAKER if endpoint == MESSAGES else OPENAI_SPEAKER
+
+
+class Form:
+    """The form a client asked for: its dialect, a stream or not, and with OpenAI's usage chunk
+    or not."""
+
+    __slots__ = ("client", "include_usage", "stream")
+
+    def __init__(self, client: Speaker, stream: bool, include_usage: bool) -> None:
+        self.client = client
+        self.stream = stream
+        self.include_usage = include_usage
 
 
 class Passage:

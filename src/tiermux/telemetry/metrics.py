@@ -103,6 +103,9 @@ class Metrics:
         self._status = {int(name): i for i, name in enumerate(STATUSES[:-1])}
         self._other = len(STATUSES) - 1
         self._tier_base = {name: i * self._by_tier for i, name in enumerate(self.tiers)}
+        # The cell of each combination seen: labels come from config and fixed sets, statuses
+        # are HTTP codes, so there are few.
+        self._cell_of: dict[tuple[str, str, str, int], int] = {}
         base = self._by_category * len(self.categories)
         self.duration = Histogram(cells, base, self.tiers)
         base += len(self.tiers) * _HISTOGRAM_CELLS
@@ -121,12 +124,15 @@ class Metrics:
 
     def request(self, category: str, tier: str, backend: str, status: int, seconds: float) -> None:
         """One answered request: its labels, status and how long it took end to end."""
-        index = (
-            self._category[category] * self._by_category
-            + self._tier_base[tier]
-            + self._backend[backend] * self._by_backend
-            + self._status.get(status, self._other)
-        )
+        labels = (category, tier, backend, status)
+        index = self._cell_of.get(labels)
+        if index is None:
+            index = self._cell_of[labels] = (
+                self._category[category] * self._by_category
+                + self._tier_base[tier]
+                + self._backend[backend] * self._by_backend
+                + self._status.get(status, self._other)
+            )
         self._cells.add(index, 1)
         self.duration.observe(tier, seconds)
 

@@ -161,6 +161,12 @@ class Health:
             up.sort(key=key)
         return up
 
+    def first(self, chain: Sequence[str]) -> str:
+        """The backend ``plan`` puts first (for a chain of one, that one, without planning)."""
+        if len(chain) == 1:
+            return chain[0]
+        return self.plan(chain)[0]
+
     def started(self, name: str) -> None:
         s = self.state[name]
         s.in_flight += 1
