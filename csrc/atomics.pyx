@@ -62,6 +62,14 @@ cdef class Cells:
     def load(self, Py_ssize_t index):
         return tmx_load(self._at(index))
 
+    def load_range(self, Py_ssize_t index, Py_ssize_t count):
+        """The values of ``count`` cells from ``index``, each loaded atomically (a reader's view
+        of a range others may be writing to, not a snapshot of it)."""
+        if count < 0 or index < 0 or index + count > self.count:
+            raise IndexError("cell range out of range")
+        cdef tmx_cell* first = self._cells + index
+        return [tmx_load(first + i) for i in range(count)]
+
     def store(self, Py_ssize_t index, int64_t value):
         tmx_store(self._at(index), value)
 

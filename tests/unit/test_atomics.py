@@ -48,8 +48,13 @@ def test_operations(twin: ModuleType, backing: tuple[int, mmap.mmap]) -> None:
     assert cells.add_bounded(2, 60, 100) is True
     assert cells.add_bounded(2, 41, 100) is False  # would pass the limit: nothing added
     assert cells.add_bounded(2, 40, 100) is True and cells.load(2) == 100
+    assert cells.load_range(0, 4) == [-2, 3, 100, 0] and cells.load_range(1, 2) == [3, 100]
+    assert cells.load_range(4, 0) == []
     with pytest.raises(IndexError):
         cells.load(4)
+    for index, count in ((3, 2), (-1, 1), (0, -1)):
+        with pytest.raises(IndexError):
+            cells.load_range(index, count)
     with pytest.raises(IndexError):
         cells.add(-1, 1)
 

@@ -54,6 +54,13 @@ class Cells:
         value: int = _CELL.unpack_from(self._memory, self._at(index))[0]
         return value
 
+    def load_range(self, index: int, count: int) -> list[int]:
+        """The values of ``count`` cells from ``index`` (a reader's view of a range others may
+        be writing to, not a snapshot of it)."""
+        if count < 0 or index < 0 or index + count > self.count:
+            raise IndexError("cell range out of range")
+        return list(struct.unpack_from(f"={count}q", self._memory, self._offset + index * CELL_SIZE))
+
     def store(self, index: int, value: int) -> None:
         at = self._at(index)
         fcntl.lockf(self._fd, fcntl.LOCK_EX, CELL_SIZE, at)

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -390,10 +391,17 @@ class QualityChecker:
 
 
 # What an answer that fails a cheap check looks like in its bytes: no text anywhere (a stream's
-# first delta's empty content doesn't count), or the opening words of a refusal. A glance only:
-# whatever it flags is checked properly in the background.
-_TEXT_KEYS = (b'"content":"', b'"content": "', b'"text":"', b'"text": "')
-_REFUSALS = (b"sorry", b"i can't", b"i cannot", b"i am unable", b"i'm unable", b"i'm not able", b"as an ai")
+# first delta's empty content doesn't count), or the words refusals are made of near its opening
+# (any apostrophe, as sent or JSON-escaped). A glance only, two searches in C: whatever it flags is
+# checked properly in the background, and it flags more than the check would rather than less.
+_FIRST_TEXT = re.compile(rb'"content": ?"[^"]|"text": ?"[^"]')
+_APOSTROPHE = rb"(?:'|\xe2\x80\x99|\\u2019)"  # ', the right single quote, or its JSON escape
+_REFUSAL_WORDS = re.compile(
+    rb"sorry|apologi|as an ai|i (?:must|have to) (?:respectfully )?(?:decline|refuse)"
+    rb"|i (?:cannot|can not|will not|am unable|am not able"
+    rb"|can" + _APOSTROPHE + rb"?t|won" + _APOSTROPHE + rb"?t)"
+    rb"|i" + _APOSTROPHE + rb"m (?:unable|not able)"
+)
 # A refusal opens an answer: the bytes looked at after the first text (a stream spreads its
 # opening words over several events, each wrapped in its own JSON, so it gets more of them).
 _OPENING = 300
@@ -401,23 +409,12 @@ _STREAM_OPENING = 1500
 
 
 def _suspect(answer: bytes, streamed: bool) -> bool:
-    at = _first_text(answer)
-    if at < 0:
+    first = _FIRST_TEXT.search(answer)
+    if first is None:
         return True
-    head = answer[at : at + (_STREAM_OPENING if streamed else _OPENING)].lower()
-    return any(words in head for words in _REFUSALS)
-
-
-def _first_text(answer: bytes) -> int:
-    """Where the first non-empty text value starts, or -1."""
-    found = -1
-    for key in _TEXT_KEYS:
-        at = answer.find(key)
-        while at >= 0 and answer[at + len(key) : at + len(key) + 1] == b'"':
-            at = answer.find(key, at + 1)  # an empty value, as a stream's first delta has
-        if at >= 0 and (found < 0 or at < found):
-            found = at + len(key)
-    return found
+    start = first.end() - 1
+    head = answer[start : start + (_STREAM_OPENING if streamed else _OPENING)].lower()
+    return _REFUSAL_WORDS.search(head) is not None
 
 
 def _text(answer: bytes, streamed: bool) -> str | None:

@@ -73,16 +73,12 @@ class QualityWindow:
 
     def mean(self, category: str, now: float | None = None) -> tuple[float | None, int]:
         """The windowed mean score and how many scores it is over."""
-        base = self._base[category] + _RING
         cutoff = int((time.time() if now is None else now) * 1000) - self.span_ms
-        load = self._cells.load
-        total = count = 0
-        for slot in range(self.size):
-            value = load(base + 2 * slot + 1)
-            if value and load(base + 2 * slot) >= cutoff:
-                total += value - 1
-                count += 1
-        return (total / count / 1000 if count else None), count
+        ring = self._cells.load_range(self._base[category] + _RING, 2 * self.size)  # (ms, score+1)...
+        scores = [score for at, score in zip(ring[0::2], ring[1::2], strict=True) if score and at >= cutoff]
+        if not scores:
+            return None, 0
+        return (sum(scores) - len(scores)) / len(scores) / 1000, len(scores)
 
     # --- promotion ----------------------------------------------------------------------------
 
