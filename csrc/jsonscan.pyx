@@ -1,13 +1,16 @@
 # cython: language_level=3
-"""Compiled twin of ``tiermux._pure.jsonscan``: the byte span of a top-level JSON member's value.
+"""Compiled twin of ``tiermux._pure.jsonscan``: the byte span of a top-level JSON member's value,
+and two glances at an answer's bytes (where its first text is, and whether some words are near it).
 
-Walks the body once with a C pointer; never decodes. Results and exceptions are those of the pure
+Walks the bytes with a C pointer; never decodes. Results and exceptions are those of the pure
 twin (``ScanError`` is defined there so that both raise the very same class).
 """
 
-from tiermux._pure.jsonscan import ScanError, _key_matches
+from libc.string cimport memchr, memcmp, memset
 
-__all__ = ["ScanError", "value_span"]
+from tiermux._pure.jsonscan import TEXT_KEYS, ScanError, _key_matches
+
+__all__ = ["AnyOf", "ScanError", "first_text", "value_span"]
 
 
 cdef inline bint _is_ws(unsigned char c) noexcept nogil:
@@ -119,9 +122,95 @@ def value_span(bytes body not None, bytes key not None):
         i = _skip_ws(p, i + 1, n)
 
 
-cdef extern from "string.h":
-    int memcmp(const void* a, const void* b, size_t n) nogil
-
-
 cdef inline bint memcmp_eq(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil:
     return memcmp(a, b, <size_t>n) == 0
+
+
+# --- glances at an answer ---------------------------------------------------------------------
+
+cdef Py_ssize_t _find(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, const unsigned char* k,
+                      Py_ssize_t klen) noexcept nogil:
+    """The index of the first ``k`` in ``p[i:n]``, or -1."""
+    cdef const unsigned char* hit
+    while i + klen <= n:
+        hit = <const unsigned char*>memchr(p + i, k[0], <size_t>(n - klen + 1 - i))
+        if hit == NULL:
+            return -1
+        i = hit - p
+        if memcmp(p + i, k, <size_t>klen) == 0:
+            return i
+        i += 1
+    return -1
+
+
+def first_text(bytes data not None):
+    """Where the first non-empty string value of a ``content`` or ``text`` member opens (the
+    index of its quote), or -1: an empty value (a stream's first delta has one) doesn't count."""
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = len(data), found = -1, at, klen
+    cdef const unsigned char* k
+    cdef bytes key
+    for key in TEXT_KEYS:
+        k = key
+        klen = len(key)
+        at = _find(p, n, 0, k, klen)
+        while at >= 0 and at + klen < n and p[at + klen] == 34:
+            at = _find(p, n, at + 1, k, klen)
+        if at >= 0 and (found < 0 or at + klen - 1 < found):
+            found = at + klen - 1
+    return found
+
+
+cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef class AnyOf:
+    """Words looked for together in bytes, ignoring ASCII case."""
+
+    cdef readonly tuple words
+    cdef tuple _by_first  # the words by their first byte, 256 tuples
+    cdef unsigned char _starts[256]  # whether a word starts with this byte (either case)
+
+    def __init__(self, words):
+        self.words = tuple(word.lower() for word in words)
+        if not self.words or not all(self.words):
+            raise ValueError("AnyOf needs words, none of them empty")
+        memset(self._starts, 0, 256)
+        buckets = [[] for _ in range(256)]
+        for word in self.words:
+            buckets[word[0]].append(word)
+            self._starts[word[0]] = 1
+            if 97 <= word[0] <= 122:
+                self._starts[word[0] - 32] = 1
+        self._by_first = tuple(tuple(bucket) for bucket in buckets)
+
+    def __repr__(self):
+        return f"<AnyOf {len(self.words)} words>"
+
+    def search(self, bytes data not None, Py_ssize_t start, Py_ssize_t end):
+        """Where the first of the words to occur wholly inside ``data[start:end]`` starts, or -1."""
+        cdef const unsigned char* p = data
+        cdef Py_ssize_t n = len(data), i, j, wlen
+        cdef const unsigned char* w
+        cdef bytes word
+        cdef tuple bucket
+        if start < 0:
+            start = 0
+        if end > n:
+            end = n
+        for i in range(start, end):
+            if not self._starts[p[i]]:
+                continue
+            bucket = <tuple>self._by_first[_lower(p[i])]
+            for word in bucket:
+                w = word
+                wlen = len(word)
+                if i + wlen > end:
+                    continue
+                j = 1
+                while j < wlen and _lower(p[i + j]) == w[j]:
+                    j += 1
+                if j == wlen:
+                    return i
+        return -1

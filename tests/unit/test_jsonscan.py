@@ -317,3 +317,78 @@ def test_large_body() -> None:
     for value_span in _both():
         start, end = value_span(body, b"model")
         assert body[start:end] == b'"auto"'
+
+
+# --- glances at an answer -------------------------------------------------------------------------
+
+
+def test_first_text_finds_the_first_non_empty_text(scanner: ModuleType) -> None:
+    first_text = scanner.first_text
+    chat = b'{"choices":[{"message":{"role":"assistant","content":"Hi"}}]}'
+    assert chat[first_text(chat) :].startswith(b'"Hi"')
+    stream = b'data: {"delta":{"content":""}}\n\ndata: {"delta":{"content": "Yo"}}\n\n'
+    assert stream[first_text(stream) :].startswith(b'"Yo"')
+    completion = b'{"choices":[{"text":"def f(): pass"}]}'
+    assert completion[first_text(completion) :].startswith(b'"def')
+    for nothing in (
+        b"",
+        b'{"content":""}',
+        b'{"content":null}',
+        b'{"content":"',
+        b'{"error":{"message":"x"}}',
+    ):
+        assert first_text(nothing) == (len(nothing) - 1 if nothing.endswith(b'"content":"') else -1)
+
+
+def test_any_of_ignores_ascii_case_and_stays_in_its_window(scanner: ModuleType) -> None:
+    words = scanner.AnyOf([b"Sorry", b"i can't", "i can\u2019t".encode()])
+    assert words.words == (b"sorry", b"i can't", "i can\u2019t".encode())
+    text = "Well. SORRY, I CAN\u2019T.".encode()
+    assert words.search(text, 0, len(text)) == 6
+    assert words.search(text, 7, len(text)) == 13  # the right single quote, byte for byte
+    assert words.search(text, 0, 10) == -1  # "SORRY" would end past the window
+    assert words.search(text, -5, 1000) == 6 and words.search(text, 5, 2) == -1
+    with pytest.raises(ValueError):
+        scanner.AnyOf([])
+    with pytest.raises(ValueError):
+        scanner.AnyOf([b"ok", b""])
+
+
+_GLANCED = st.lists(
+    st.sampled_from(
+        [
+            b'"content":"',
+            b'"content": "',
+            b'"text":"',
+            b'"',
+            b"I",
+            b"i",
+            b" ",
+            b"'",
+            b"can",
+            b"CAN'T",
+            b"sorry",
+            b"SoRrY",
+            b"x",
+            b"\\",
+            b"\xe2\x80\x99",
+            b"t",
+            b"\n",
+            b"{",
+            b"}",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@pytest.mark.skipif(COMPILED is None, reason="compiled jsonscan is not built")
+@settings(max_examples=500)
+@given(data=_GLANCED, start=st.integers(-3, 60), width=st.integers(-5, 80))
+def test_property_twins_glance_alike(data: bytes, start: int, width: int) -> None:
+    assert COMPILED is not None
+    assert COMPILED.first_text(data) == pure.first_text(data)
+    words = [b"sorry", b"i can't", b"can", b"i \xe2\x80\x99", b"x"]
+    assert COMPILED.AnyOf(words).search(data, start, start + width) == pure.AnyOf(words).search(
+        data, start, start + width
+    )

@@ -22,6 +22,8 @@ def test_the_mean_is_over_the_last_n_scores_younger_than_the_span() -> None:
     assert window.mean("extraction", now=1055.0) == (0.75, 4)  # it took the oldest slot
     assert window.mean("extraction", now=1100.0) == (0.0, 1)  # only the youngest is in the span
     assert window.mean("summarisation") == (None, 0)
+    window.add("code", 0.5, now=1.0)  # so early that the empty slots' time 0 is in the span
+    assert window.mean("code", now=1.0) == (0.5, 1)
     assert window.snapshot()["categories"]["extraction"]["samples"] == 7  # type: ignore[index]
 
 

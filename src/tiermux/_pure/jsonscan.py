@@ -1,7 +1,10 @@
 """Find where a top-level JSON member's value sits in a request body, without decoding it.
 
 tiermux forwards bodies as bytes and rewrites only ``model``; this scanner gives the byte span to
-splice. It is the pure twin of ``csrc/jsonscan.pyx``: same signature, results and exceptions.
+splice. Two glances at an answer's bytes serve the quality safety net, which looks at every answer
+and can't afford to decode them: where the first text of an answer is (``first_text``), and
+whether any of some words is near it (``AnyOf``). It is the pure twin of ``csrc/jsonscan.pyx``:
+same signatures, results and exceptions.
 The body is expected to be valid JSON already (msgspec has decoded the routing fields from it);
 on anything else the scanner raises :class:`ScanError` rather than reading out of bounds.
 """
@@ -10,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 
-__all__ = ["ScanError", "value_span"]
+__all__ = ["AnyOf", "ScanError", "first_text", "value_span"]
 
 
 class ScanError(ValueError):
@@ -111,3 +115,46 @@ def value_span(body: bytes, key: bytes) -> tuple[int, int]:
         if c != 0x2C:  # ,
             raise ScanError(f"expected ',' or '}}' at byte {i}")
         i = _skip_ws(body, i + 1, n)
+
+
+# How the members holding an answer's text are spelled: compact, or with one space after the colon
+# (chat completions and their stream deltas say "content", completions "text").
+TEXT_KEYS = (b'"content":"', b'"content": "', b'"text":"', b'"text": "')
+
+
+def first_text(data: bytes) -> int:
+    """Where the first non-empty string value of a ``content`` or ``text`` member opens (the
+    index of its quote), or -1: an empty value (a stream's first delta has one) doesn't count."""
+    found = -1
+    for key in TEXT_KEYS:
+        at = data.find(key)
+        while at >= 0 and data[at + len(key) : at + len(key) + 1] == b'"':
+            at = data.find(key, at + 1)
+        if at >= 0 and (found < 0 or at + len(key) - 1 < found):
+            found = at + len(key) - 1
+    return found
+
+
+class AnyOf:
+    """Words looked for together in bytes, ignoring ASCII case."""
+
+    __slots__ = ("words",)
+
+    def __init__(self, words: Iterable[bytes]) -> None:
+        self.words = tuple(word.lower() for word in words)
+        if not self.words or not all(self.words):
+            raise ValueError("AnyOf needs words, none of them empty")
+
+    def __repr__(self) -> str:
+        return f"<AnyOf {len(self.words)} words>"
+
+    def search(self, data: bytes, start: int, end: int) -> int:
+        """Where the first of the words to occur wholly inside ``data[start:end]`` starts, or -1."""
+        start = max(0, start)
+        window = data[start : max(start, end)].lower()  # no wrapping: a negative end means none
+        found = -1
+        for word in self.words:
+            at = window.find(word)
+            if at >= 0 and (found < 0 or at < found):
+                found = at
+        return found if found < 0 else start + found

@@ -33,12 +33,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
 
+from tiermux._speedups import jsonscan
 from tiermux.accounting.ledger import Ledger
 from tiermux.cache.replay import assemble
 from tiermux.config import Config
@@ -391,30 +391,42 @@ class QualityChecker:
 
 
 # What an answer that fails a cheap check looks like in its bytes: no text anywhere (a stream's
-# first delta's empty content doesn't count), or the words refusals are made of near its opening
-# (any apostrophe, as sent or JSON-escaped). A glance only, two searches in C: whatever it flags is
-# checked properly in the background, and it flags more than the check would rather than less.
-_FIRST_TEXT = re.compile(rb'"content": ?"[^"]|"text": ?"[^"]')
-_APOSTROPHE = rb"(?:'|\xe2\x80\x99|\\u2019)"  # ', the right single quote, or its JSON escape
-_REFUSAL_WORDS = re.compile(
-    rb"sorry|apologi|as an ai|i (?:must|have to) (?:respectfully )?(?:decline|refuse)"
-    rb"|i (?:cannot|can not|will not|am unable|am not able"
-    rb"|can" + _APOSTROPHE + rb"?t|won" + _APOSTROPHE + rb"?t)"
-    rb"|i" + _APOSTROPHE + rb"m (?:unable|not able)"
+# first delta's empty content doesn't count), or the words refusals are made of in its opening
+# (with any apostrophe, as sent or JSON-escaped). Every watched answer gets this glance, so it is
+# two compiled scans of the bytes, no decoding; whatever it flags is checked properly in the
+# background, and it flags more than that check would rather than less.
+_APOSTROPHES = (b"'", "\u2019".encode(), b"\\u2019")  # ', the right single quote, its JSON escape
+_REFUSAL_WORDS = jsonscan.AnyOf(
+    (
+        b"sorry",
+        b"apologi",
+        b"as an ai",
+        b"decline",
+        b"refuse",
+        b"i cannot",
+        b"i can not",
+        b"i will not",
+        b"i am unable",
+        b"i am not able",
+        b"i cant",
+        b"i wont",
+        *(b"i can" + a + b"t" for a in _APOSTROPHES),
+        *(b"i won" + a + b"t" for a in _APOSTROPHES),
+        *(b"i" + a + b"m unable" for a in _APOSTROPHES),
+        *(b"i" + a + b"m not able" for a in _APOSTROPHES),
+    )
 )
-# A refusal opens an answer: the bytes looked at after the first text (a stream spreads its
-# opening words over several events, each wrapped in its own JSON, so it gets more of them).
+# A refusal opens an answer: the bytes looked at from its first text (a stream spreads its opening
+# words over several events, each wrapped in its own JSON, so it gets more of them).
 _OPENING = 300
 _STREAM_OPENING = 1500
 
 
 def _suspect(answer: bytes, streamed: bool) -> bool:
-    first = _FIRST_TEXT.search(answer)
-    if first is None:
+    at = jsonscan.first_text(answer)
+    if at < 0:
         return True
-    start = first.end() - 1
-    head = answer[start : start + (_STREAM_OPENING if streamed else _OPENING)].lower()
-    return _REFUSAL_WORDS.search(head) is not None
+    return _REFUSAL_WORDS.search(answer, at, at + (_STREAM_OPENING if streamed else _OPENING)) >= 0
 
 
 def _text(answer: bytes, streamed: bool) -> str | None:

@@ -74,11 +74,14 @@ class QualityWindow:
     def mean(self, category: str, now: float | None = None) -> tuple[float | None, int]:
         """The windowed mean score and how many scores it is over."""
         cutoff = int((time.time() if now is None else now) * 1000) - self.span_ms
-        ring = self._cells.load_range(self._base[category] + _RING, 2 * self.size)  # (ms, score+1)...
-        scores = [score for at, score in zip(ring[0::2], ring[1::2], strict=True) if score and at >= cutoff]
-        if not scores:
+        ring = self._cells.load_range(self._base[category] + _RING, 2 * self.size)
+        times, scores = ring[0::2], ring[1::2]  # epoch ms, and score + 1 (0: an empty slot)
+        if min(scores) and min(times) >= cutoff:  # a full window, all young enough: the usual case
+            return (sum(scores) - self.size) / self.size / 1000, self.size
+        young = [score for at, score in zip(times, scores, strict=True) if score and at >= cutoff]
+        if not young:
             return None, 0
-        return (sum(scores) - len(scores)) / len(scores) / 1000, len(scores)
+        return (sum(young) - len(young)) / len(young) / 1000, len(young)
 
     # --- promotion ----------------------------------------------------------------------------
 
