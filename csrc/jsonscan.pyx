@@ -143,22 +143,34 @@ cdef Py_ssize_t _find(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, const 
     return -1
 
 
+# The second bytes of TEXT_KEYS (all open with a quote): most quotes in an answer open nothing else.
+cdef unsigned char _TEXT_SECOND[256]
+memset(_TEXT_SECOND, 0, 256)
+for _key in TEXT_KEYS:
+    _TEXT_SECOND[(<bytes>_key)[1]] = 1
+
+
 def first_text(bytes data not None):
     """Where the first non-empty string value of a ``content`` or ``text`` member opens (the
     index of its quote), or -1: an empty value (a stream's first delta has one) doesn't count."""
     cdef const unsigned char* p = data
-    cdef Py_ssize_t n = len(data), found = -1, at, klen
-    cdef const unsigned char* k
+    cdef Py_ssize_t n = len(data), i = 0, klen
+    cdef const unsigned char* hit
     cdef bytes key
-    for key in TEXT_KEYS:
-        k = key
-        klen = len(key)
-        at = _find(p, n, 0, k, klen)
-        while at >= 0 and at + klen < n and p[at + klen] == 34:
-            at = _find(p, n, at + 1, k, klen)
-        if at >= 0 and (found < 0 or at + klen - 1 < found):
-            found = at + klen - 1
-    return found
+    while i + 1 < n:
+        hit = <const unsigned char*>memchr(p + i, 34, <size_t>(n - i))
+        if hit == NULL:
+            return -1
+        i = hit - p
+        if i + 1 < n and _TEXT_SECOND[p[i + 1]]:
+            for key in TEXT_KEYS:  # one pass, so the first key found is the first text
+                klen = len(key)
+                if i + klen <= n and memcmp(p + i, <const unsigned char*>key, <size_t>klen) == 0:
+                    if not (i + klen < n and p[i + klen] == 34):  # an empty value: go on
+                        return i + klen - 1
+                    break
+        i += 1
+    return -1
 
 
 cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
@@ -171,18 +183,29 @@ cdef class AnyOf:
     cdef readonly tuple words
     cdef tuple _by_first  # the words by their first byte, 256 tuples
     cdef unsigned char _starts[256]  # whether a word starts with this byte (either case)
+    cdef unsigned char _pairs[8192]  # a bit per (first, second) lower-case byte pair that opens one
+    cdef unsigned char _single[256]  # whether a word is this one byte (either case)
 
     def __init__(self, words):
         self.words = tuple(word.lower() for word in words)
         if not self.words or not all(self.words):
             raise ValueError("AnyOf needs words, none of them empty")
         memset(self._starts, 0, 256)
+        memset(self._pairs, 0, 8192)
+        memset(self._single, 0, 256)
         buckets = [[] for _ in range(256)]
         for word in self.words:
             buckets[word[0]].append(word)
             self._starts[word[0]] = 1
             if 97 <= word[0] <= 122:
                 self._starts[word[0] - 32] = 1
+            if len(word) > 1:
+                pair = (word[0] << 8) | word[1]
+                self._pairs[pair >> 3] |= 1 << (pair & 7)
+            else:
+                self._single[word[0]] = 1
+                if 97 <= word[0] <= 122:
+                    self._single[word[0] - 32] = 1
         self._by_first = tuple(tuple(bucket) for bucket in buckets)
 
     def __repr__(self):
@@ -192,6 +215,7 @@ cdef class AnyOf:
         """Where the first of the words to occur wholly inside ``data[start:end]`` starts, or -1."""
         cdef const unsigned char* p = data
         cdef Py_ssize_t n = len(data), i, j, wlen
+        cdef unsigned int pair
         cdef const unsigned char* w
         cdef bytes word
         cdef tuple bucket
@@ -202,6 +226,10 @@ cdef class AnyOf:
         for i in range(start, end):
             if not self._starts[p[i]]:
                 continue
+            if i + 1 < end:  # a word of one byte has no pair: it goes on to the bucket
+                pair = (_lower(p[i]) << 8) | _lower(p[i + 1])
+                if not self._pairs[pair >> 3] & (1 << (pair & 7)) and not self._single[p[i]]:
+                    continue
             bucket = <tuple>self._by_first[_lower(p[i])]
             for word in bucket:
                 w = word
