@@ -222,6 +222,7 @@ def test_a_request_answered_again_and_again_is_the_same_answer_booked_each_time(
     }
     stats = client.get("/stats").json()
     assert (stats["total"]["requests"], stats["total"]["cache_answers"], stats["cache"]["hits"]) == (9, 8, 8)
+    assert stats["cache"]["worker_known_hits"] == 2  # the JSON request and the streaming one
     assert stats["total"]["cache_saved_usd"] == pytest.approx(8 * stats["total"]["spend_usd"])
     samples = scrape(client)
     assert total(samples, "tiermux_requests_total", backend="local-9b", status="200") == 9

@@ -114,6 +114,7 @@ def test_counts_and_store_show_in_the_snapshot() -> None:
     snapshot = cache.snapshot()
     assert (snapshot["stored"], snapshot["evicted"], snapshot["not_stored"]) == (2, 1, 1)
     assert (snapshot["worker_entries"], snapshot["worker_bytes"]) == (1, 1000)
+    assert snapshot["worker_known_hits"] == 0
 
 
 # --- a shared call ------------------------------------------------------------------------------

@@ -229,6 +229,7 @@ class ResponseCache:
             "evicted": load(EVICTED),
             "worker_entries": len(self.local),
             "worker_bytes": self.local.size,
+            "worker_known_hits": len(self.known),
             "in_flight": len(self.flights),
         }
 
