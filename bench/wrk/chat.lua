@@ -22,6 +22,9 @@ local function json_string(s)
   end) .. '"'
 end
 
+-- For the scripts that load this one (dofile) and post the same request in another shape.
+chat_request = { system = system, user = user, json_string = json_string }
+
 local threads = {}
 
 function setup(thread)

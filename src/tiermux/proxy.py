@@ -393,7 +393,7 @@ class Forwarder:
         entry = cache.get(key)
         if entry is None:
             return False
-        known = self._known(key, entry, decision, asked, body)
+        known = self._known(key, entry, decision, asked, _form_of(asked.endpoint, body, _streams(body)))
         cache.known.put(received, known)
         await self._send_hit(known, entry, record, send)
         return True
@@ -410,8 +410,8 @@ class Forwarder:
         await self._send_hit(known, entry, record, send)
         return True
 
-    def _known(self, key: bytes, entry: Entry, decision: Decision, asked: Asked, body: bytes) -> KnownHit:
-        """What answering ``body`` with ``entry`` (kept under ``key``) takes, prepared once."""
+    def _known(self, key: bytes, entry: Entry, decision: Decision, asked: Asked, form: Form) -> KnownHit:
+        """What answering with ``entry`` (kept under ``key``) in ``form`` takes, prepared once."""
         backend = self.backends[entry.backend]
         category, tier = self._labels(decision)
         headers = [*JSON_HEADERS, *self._added_headers(decision, backend), Outcome.HIT.header]
@@ -422,9 +422,6 @@ class Forwarder:
             decision.tier,
             classification.category if classification else None,
         )
-        client = speaker(asked.endpoint)
-        stream = _streams(body)
-        form = Form(client, stream, stream and client is OPENAI_SPEAKER and wants_usage(body))
         prefix = self._id_prefix_of(category, tier)
         return KnownHit(key, backend, decision, form, headers, category, tier, prefix, row)
 
@@ -451,7 +448,7 @@ class Forwarder:
         if mode is Mode.USE:
             entry = cache.get(key)
             if entry is not None:
-                known = self._known(key, entry, decision, asked, body)
+                known = self._known(key, entry, decision, asked, form)
                 await self._send_hit(known, entry, record, send)
                 return
             if cache.dedup:
@@ -673,9 +670,7 @@ class Forwarder:
         booking = known.booking(entry, self.ledger)
         booking.book()
         _count_tokens(record, booking.usage)
-        self._answers += 1
-        record.request_id = request_id = f"{known.id_prefix}{self._answers:x}"
-        added = [_age_header(entry), (REQUEST_ID_HEADER, request_id.encode())]
+        added = [_age_header(entry), self._next_id(record, known.id_prefix)]
         if known.form.stream:
             added.insert(0, Outcome.HIT.header)
             await self._send_replay(entry.body, known.backend, known.decision, known.form, added, send)
@@ -942,9 +937,11 @@ class Forwarder:
         """The ``X-Tiermux-Request-Id`` of an answer, made once routing is known: it carries the
         category and tier (so that feedback on it needs no lookup), then this worker's prefix
         and a count (unique across workers and restarts)."""
+        return self._next_id(record, self._id_prefix_of(record.category, record.tier))
+
+    def _next_id(self, record: RequestRecord, prefix: str) -> tuple[bytes, bytes]:
         self._answers += 1
-        request_id = f"{self._id_prefix_of(record.category, record.tier)}{self._answers:x}"
-        record.request_id = request_id
+        record.request_id = request_id = f"{prefix}{self._answers:x}"
         return (REQUEST_ID_HEADER, request_id.encode())
 
     def _id_prefix_of(self, category: str, tier: str) -> str:
