@@ -1,9 +1,10 @@
 """Whether the quality safety net slows the hot path: ``python -m bench.throughput --quality``.
 
-With ``quality`` enabled, every answer of a tier cheaper than the reference backend's goes onto a
-bounded per-worker queue after the client has it; background tasks of the same worker take it
-off, re-ask a ``sample_rate`` share of them of the reference backend and score the two answers.
-The client never waits for any of it: this mode measures whether that holds under load.
+With ``quality`` enabled, every answer of a tier cheaper than the reference backend's gets a
+glance after the client has it; a ``sample_rate`` share of them (and the suspect ones) go onto a
+bounded per-worker queue, and background tasks of the same worker take them off, re-ask them of
+the reference backend and score the two answers; a worker busy serving requests sheds most of
+them. The client never waits for any of it: this mode measures whether that holds under load.
 
 Two mocks: the measured backend, ``mock`` in tier ``cheap``, and a second mock process, the
 reference (``reference`` in tier ``capable``), so that the background calls do not share the
@@ -12,9 +13,10 @@ nginx and three tiermux instances, all up for the whole run, identical (classifi
 cache off) but for their ``quality`` section:
 
 * ``quality-off``: ``quality: {enabled: false}``;
-* ``quality-5%``: ``enabled: true, reference: reference, sample_rate: 0.05`` (the default rate);
-* ``quality-100%``: the same with ``sample_rate: 1.0``: every answer re-asked in the background,
-  the worst case. The queue fills and drops (counted in ``/stats`` ``quality.dropped``).
+* ``quality-5%``: ``enabled: true, reference: reference, sample_rate: 0.05``, the rest defaults:
+  what a user gets. A worker busy serving requests sheds most checks (``quality.shed``);
+* ``quality-100%``: ``sample_rate: 1.0`` and ``busy_lag_ms: 0``: every answer re-asked in the
+  background and nothing shed, the worst case. The queue fills and drops (``quality.dropped``).
 
 Before the rounds, the wrk body (``bench/wrk/chat.lua``) is posted to ``/v1/route`` and as a chat
 completion to each instance: it must be classified into a category whose tier is ``cheap`` and be
@@ -91,13 +93,16 @@ REFERENCE_GROUP = "reference mock"  # its CPU group: watched, but not the proxy'
 CHEAP_TIER = "cheap"
 ROUTE_PATH = "/v1/route"
 CHAT_PATH = "/v1/chat/completions"
-SAMPLE_RATES = {"quality-5%": 0.05, "quality-100%": 1.0}
 QUALITY_OFF = "quality:\n  enabled: false\n"
+QUALITY_ON = {  # the settings of the quality section besides enabled and reference
+    "quality-5%": {"sample_rate": 0.05},
+    "quality-100%": {"sample_rate": 1.0, "busy_lag_ms": 0},
+}
 LABELS = {
     "nginx": "nginx (1 worker)",
     "quality-off": "tiermux, quality off ({workers} workers)",
-    "quality-5%": "tiermux, quality on, 5% re-asked ({workers} workers)",
-    "quality-100%": "tiermux, quality on, every answer re-asked ({workers} workers)",
+    "quality-5%": "tiermux, quality on, 5% sampled ({workers} workers)",
+    "quality-100%": "tiermux, quality on, every answer re-asked, none shed ({workers} workers)",
 }
 DEFAULTS = QualityConfig()
 
@@ -109,8 +114,9 @@ PACE_MS = 5
 PACED_LOAD = WrkLoad(script=BENCH_DIR / "wrk" / "chat_paced.lua", args=(str(PACE_MS),))
 
 
-def quality_on(rate: float) -> str:
-    return f"quality:\n  enabled: true\n  reference: {REFERENCE}\n  sample_rate: {rate}\n"
+def quality_on(settings: dict[str, float]) -> str:
+    lines = ["quality:", "  enabled: true", f"  reference: {REFERENCE}"]
+    return "\n".join([*lines, *(f"  {field}: {value}" for field, value in settings.items())]) + "\n"
 
 
 def quality_config(cheap_url: str, reference_url: str, quality: str) -> str:
@@ -220,7 +226,7 @@ def check_quality_sections(servers: dict[str, Service]) -> None:
     """``/stats`` has a ``quality`` section exactly on the instances with quality on."""
     for target, server in servers.items():
         has = "quality" in get_stats(server)
-        if has != (target in SAMPLE_RATES):
+        if has != (target in QUALITY_ON):
             raise BenchError(
                 f"{target}: /stats {'has' if has else 'has no'} quality section: quality is not "
                 f"{'off' if has else 'on'} as the target's name says"
@@ -255,23 +261,26 @@ def settle(reference: Service, quiet: float = 1.0, timeout: float = 30.0) -> int
 
 
 class ReferenceCalls:
-    """Wraps a :data:`Runner`: the reference mock's chat completions during each run, and its CPU
-    per request taken out of the proxy's (it is watched, so that it does not count as other load,
-    but it is the reference backend's work, not the proxy's)."""
+    """Through the :data:`Runner` s it wraps (``counting``): the reference mock's chat completions
+    during each run, and its CPU per request taken out of the proxy's (it is watched, so that it
+    does not count as other load, but it is the reference backend's work, not the proxy's)."""
 
-    def __init__(self, one: Runner, reference: Service, targets: tuple[str, ...]) -> None:
-        self.one, self.reference = one, reference
+    def __init__(self, reference: Service, targets: tuple[str, ...]) -> None:
+        self.reference = reference
         self.runs: list[tuple[WrkResult, int, float | None]] = []
         self.requests = dict.fromkeys(targets, 0)
         """Requests wrk completed against each target over every run, warm-up included."""
 
-    def __call__(self, target: str, duration: float) -> WrkResult:
-        before = mock_chat_requests(self.reference)
-        result = self.one(target, duration)
-        calls = mock_chat_requests(self.reference) - before
-        self.runs.append((result, calls, result.cpu_us.pop(REFERENCE_GROUP, None)))
-        self.requests[target] += result.requests
-        return result
+    def counting(self, one: Runner) -> Runner:
+        def run(target: str, duration: float) -> WrkResult:
+            before = mock_chat_requests(self.reference)
+            result = one(target, duration)
+            calls = mock_chat_requests(self.reference) - before
+            self.runs.append((result, calls, result.cpu_us.pop(REFERENCE_GROUP, None)))
+            self.requests[target] += result.requests
+            return result
+
+        return run
 
     def of(self, results: list[WrkResult]) -> tuple[int, int, list[float]]:
         """Reference calls, requests and reference-mock CPU µs/request of these runs."""
@@ -289,7 +298,7 @@ def run_quality(args: argparse.Namespace) -> int:
         mock = start_mock(procs, tokens=args.tokens)
         reference = start_mock(procs, tokens=args.tokens, name="reference-mock")
         nginx = start_nginx(procs, mock.url)
-        sections = {"quality-off": QUALITY_OFF} | {t: quality_on(r) for t, r in SAMPLE_RATES.items()}
+        sections = {"quality-off": QUALITY_OFF} | {t: quality_on(q) for t, q in QUALITY_ON.items()}
         # Every instance stays up for the whole run; only the measured one is loaded.
         servers = {
             target: start_instance(
@@ -317,12 +326,13 @@ def run_quality(args: argparse.Namespace) -> int:
             t: tiermux_groups(s, workers[t]) | {REFERENCE_GROUP: [reference.pid]} for t, s in servers.items()
         }
         reference_before = settle(reference)
-        counter = ReferenceCalls(wrk_runner(args, mock, urls, models, proxies, servers), reference, targets)
-        rounds = run_rounds(args, targets, counter)
+        counter = ReferenceCalls(reference, targets)
+        saturating = wrk_runner(args, mock, urls, models, proxies, servers)
+        rounds = run_rounds(args, targets, counter.counting(saturating))
         paced_args = argparse.Namespace(**{**vars(args), "connections": PACED_CONNECTIONS})
         loads = dict.fromkeys(PACED_TARGETS, PACED_LOAD)
         paced_runner = wrk_runner(paced_args, mock, urls, models, proxies, servers, loads=loads)
-        paced = run_rounds(paced_args, PACED_TARGETS, paced_runner)
+        paced = run_rounds(paced_args, PACED_TARGETS, counter.counting(paced_runner))
         for t, s in servers.items():
             if children(s.pid) != workers[t]:
                 print(f"note: {t} workers changed during the run: {workers[t]} -> {children(s.pid)}")
@@ -352,13 +362,18 @@ def _quality_lines(
         promotions = sum(int(c["promotions"]) for c in quality["categories"].values())
         lines.append(
             f"- {label[t]}: wrk completed {counter.requests[t]:,} requests against it; `quality.dropped` "
-            f"{quality['dropped']:,}; `{category}`: `samples` {row['samples']:,} (answers scored against "
+            f"{quality['dropped']:,}, `quality.shed` {quality['shed']:,}; `{category}`: `samples` "
+            f"{row['samples']:,} (answers scored against "
             f"the reference), `check_failures` {row['check_failures']:,}, window score "
             f"{_score(row['score'])} over {row['window_samples']} score(s), promoted "
             f"{str(row['promoted']).lower()}; promotions in any category {promotions}; {booked:,} "
             f"reference call(s) booked (`by_backend.{REFERENCE}`)"
         )
     return lines
+
+
+def _per_thousand(calls: int, requests: int) -> str:
+    return f"{1000 * calls / requests:.1f}" if requests else "-"
 
 
 def _score(value: object) -> str:
@@ -401,7 +416,7 @@ def quality_report(
                 f"{med[t]['p99_ms']:.2f}",
                 f"{cpu_us[t]:.0f}" if cpu_us[t] is not None else "-",
                 f"{statistics.median(ref_us):.0f}" if ref_us else "-",
-                f"{1000 * calls / requests:.1f}" if t != "nginx" and requests else "-",
+                _per_thousand(calls, requests) if t != "nginx" else "-",
                 sum(r.non2xx + r.socket_errors for r in by_target[t]),
                 ", ".join(f"{r.rps:,.0f}" for r in by_target[t]),
             ]
@@ -490,6 +505,7 @@ def quality_report(
             f"{paced_med[t]['rps']:,.0f}",
             f"{paced_med[t]['p50_ms']:.2f}",
             f"{paced_med[t]['p99_ms']:.2f}",
+            _per_thousand(*counter.of(paced_by[t])[:2]),
             sum(r.non2xx + r.socket_errors for r in paced_by[t]),
             ", ".join(f"{r.p50_ms:.2f}" for r in paced_by[t]),
             ", ".join(f"{r.p99_ms:.2f}" for r in paced_by[t]),
@@ -500,7 +516,7 @@ def quality_report(
     cost_lines = []
     if off_us is not None and five_us is not None and full_us is not None:
         cost_lines.append(
-            f"Proxy CPU per request: quality off {off_us:.0f} µs, 5% re-asked {five_us:.0f} µs "
+            f"Proxy CPU per request: quality off {off_us:.0f} µs, 5% sampled {five_us:.0f} µs "
             f"(**{five_us - off_us:+.0f} µs**, {ratio(five_us - off_us, off_us):+.1%}), every answer "
             f"re-asked {full_us:.0f} µs ({full_us - off_us:+.0f} µs, "
             f"{ratio(full_us - off_us, off_us):+.1%}). "
@@ -534,15 +550,19 @@ def quality_report(
         "",
         "- **quality-off**: `quality: {enabled: false}`;",
         f"- **quality-5%**: `quality: {{enabled: true, reference: {REFERENCE}, sample_rate: 0.05}}` (the",
-        "  default rate, written out);",
-        "- **quality-100%**: the same with `sample_rate: 1.0`: every answer is re-asked of the",
-        "  reference, the worst case.",
+        "  default rate, written out), the rest defaults: what a user gets;",
+        "- **quality-100%**: `sample_rate: 1.0` and `busy_lag_ms: 0`: every answer is re-asked of the",
+        "  reference and none is shed, the worst case.",
         "",
-        "With quality on, every answer of the cheap tier goes onto a bounded per-worker queue",
-        f"(`queue_size` {DEFAULTS.queue_size}) after the client has it; `concurrency` "
-        f"({DEFAULTS.concurrency}) background tasks per worker take",
-        "answers off it, re-ask the sampled ones of the reference and score them. A full queue drops",
-        "the answer and counts it (`quality.dropped`): nothing on the request's path ever waits.",
+        "With quality on, every answer of the cheap tier gets a glance at its bytes after the client",
+        "has it; the sampled (and suspect) ones go onto a bounded per-worker queue",
+        f"(`queue_size` {DEFAULTS.queue_size}), and `concurrency` ({DEFAULTS.concurrency}) background",
+        "tasks per worker take them off it, re-ask them of the reference and score them. A full queue",
+        "drops the check and counts it (`quality.dropped`). Checks yield to requests: while a worker's",
+        f"event loop lags more than `busy_lag_ms` ({DEFAULTS.busy_lag_ms:g} ms, smoothed), it takes on",
+        f"at most `busy_checks_per_second` ({DEFAULTS.busy_checks_per_second:g}) and sheds the rest",
+        "(`quality.shed`).",
+        "The reference calls per 1,000 requests below show how many checks each load really got.",
         "",
         "All instances run for the whole run; only the one being measured is loaded. The reference",
         f"mock's CPU is watched during the tiermux runs (`{REFERENCE_GROUP}` in the CPU table) and kept",
@@ -612,7 +632,17 @@ def quality_report(
         f"for the checks. {args.rounds} more interleaved round(s), after a warm-up run per target:",
         "",
         *md_table(
-            ["target", "req/s", "p50 ms", "p99 ms", "errors", "p50 per round", "p99 per round"], paced_rows
+            [
+                "target",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "reference calls per 1,000 requests",
+                "errors",
+                "p50 per round",
+                "p99 per round",
+            ],
+            paced_rows,
         ),
         "",
         f"**quality-5% / quality-off at a fixed pace: p50 {paced_five['p50_ms']:.3f}, p99 "
@@ -624,9 +654,10 @@ def quality_report(
         "",
         "## Targets",
         "",
-        "The hot path's latency is unchanged by sampling: with 5% of answers re-asked, p50 and p99",
-        "within 5% of quality-off (at most 1.05 times it), at saturation and at a fixed pace below it,",
-        "and req/s at saturation at least 0.95 of it. The 100% case has no target.",
+        "The hot path's latency is unchanged by sampling: with 5% of answers sampled (the other",
+        "settings default), p50 and p99 within 5% of quality-off (at most 1.05 times it), at",
+        "saturation and at a fixed pace below it, and req/s at saturation at least 0.95 of it. The",
+        "100% case has no target.",
         "",
         *md_table(["check", "measured", "target", "verdict"], checks),
         "",
@@ -636,9 +667,7 @@ def quality_report(
         "",
         *runs_section(args, rounds),
         "",
-        "## Every run at a fixed pace",
-        "",
-        *runs_section(args, paced),
+        *runs_section(args, paced, "Every run at a fixed pace"),
         "",
     ]
     return "\n".join(lines)

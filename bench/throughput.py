@@ -1060,7 +1060,9 @@ def cpu_section(by_target: dict[str, list[WrkResult]], label: dict[str, str]) ->
     ]
 
 
-def runs_section(args: argparse.Namespace, rounds: list[list[WrkResult]]) -> list[str]:
+def runs_section(
+    args: argparse.Namespace, rounds: list[list[WrkResult]], title: str = "Every run"
+) -> list[str]:
     """Every kept run, in the order it ran."""
     rows = [
         [
@@ -1079,7 +1081,7 @@ def runs_section(args: argparse.Namespace, rounds: list[list[WrkResult]]) -> lis
         for r in results
     ]
     return [
-        "## Every run",
+        f"## {title}",
         "",
         f"A run during which other processes took more than {args.noisy_cpu:g}% of a core is repeated "
         f"(up to {args.retries} times);",

@@ -513,7 +513,13 @@ def test_the_quality_safety_net_may_check_against_an_anthropic_reference(
     client = make(
         tiers={"cheap": ["local-9b"], "capable": ["claude"]},
         routing={"default_tier": "cheap", "allow_header_override": True},
-        quality={"enabled": True, "reference": "claude", "sample_rate": 1.0, "min_samples": 2},
+        quality={
+            "enabled": True,
+            "reference": "claude",
+            "sample_rate": 1.0,
+            "min_samples": 2,
+            "busy_lag_ms": 0,
+        },
         cache={"enabled": False},
     )
     for _ in range(3):

@@ -30,6 +30,9 @@ def quality(**settings: Any) -> dict[str, Any]:
         "threshold": 0.6,
         "hysteresis": 0.1,
         "shadow_rate": 1.0,
+        # These tests count checks. The mocks share the proxy's process (and its GIL), which can
+        # make its loop lag: nothing may be shed for load here but where a test asks for it.
+        "busy_lag_ms": 0,
         **settings,
     }
 
@@ -168,6 +171,32 @@ def test_a_full_queue_drops_checks_instead_of_slowing_requests(
     assert time.monotonic() - started < 2.5  # ten reference calls in a row would take 3 s
     state = settle(client)
     assert state["dropped"] >= 5
+
+
+def test_a_busy_worker_sheds_checks_and_still_takes_on_a_trickle(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    # Any lag at all counts as busy here; a busy worker takes on two checks a second.
+    client = checked(busy_lag_ms=1e-6, busy_checks_per_second=2)
+    vllm.configure(text=AGREED)
+    cloud.configure(text=AGREED)
+    ask(client)  # starts the checker and the lag's measuring: this check may come before the first tick
+    assert client.app.quality is not None
+    lag = client.app.quality.pacing.lag
+    deadline = time.monotonic() + 5
+    while lag.seconds == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.app.quality.pacing.busy
+    started = time.monotonic()
+    for _ in range(6):
+        ask(client)
+    refilled = int(2 * (time.monotonic() - started))  # tokens the bucket gained meanwhile
+    state = settle(client)
+    taken = state["categories"]["extraction"]["samples"]
+    assert 2 <= taken <= 1 + 2 + refilled, state  # the bucket's two at least (and its refills)
+    assert taken + state["shed"] == 7 and state["dropped"] == 0
+    assert cloud.stats()["requests"] == taken
+    assert "tiermux_quality_shed_total " + str(state["shed"]) in client.get("/metrics").text
 
 
 def test_feedback_feeds_the_window_and_needs_an_id_tiermux_gave(

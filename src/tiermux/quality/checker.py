@@ -6,7 +6,9 @@ a share of the answers its higher tier gave (``shadow``). ``observe`` draws the 
 at the answer's bytes (is there any text; do its opening words look like a refusal); only answers
 in the sample, answers to JSON-mode requests and suspect ones become jobs on a bounded queue. A
 full queue drops the job and counts it: checking never slows a request. Each worker process runs
-``concurrency`` tasks that take jobs off its queue:
+``concurrency`` tasks that take jobs off its queue. Checks yield to requests: a worker whose event
+loop falls behind takes on only a trickle of them and sheds the rest, also counted
+(``tiermux.quality.pacing``). Each job is handled so:
 
 * an answer from a watched tier is read (a stream is assembled first) and checked cheaply (empty,
   a refusal, not the JSON asked for); it is re-asked of the reference backend when it failed that
@@ -44,10 +46,12 @@ from tiermux.cache.replay import assemble
 from tiermux.config import Config
 from tiermux.dialects import Untranslatable
 from tiermux.dialects.passage import OPENAI_SPEAKER, passage
+from tiermux.quality.pacing import CheckPacing
 from tiermux.quality.scoring import cheap_check, judge_prompt, parse_grade, score
 from tiermux.quality.window import QualityWindow
 from tiermux.routing.request import decode_chat, decode_completion, from_chat, from_completion
 from tiermux.state.redis_quality import PROMOTED, RECOVERED, FleetVerdict, RedisQuality
+from tiermux.telemetry.loop_lag import LoopLag
 from tiermux.upstream.backend import Backend
 from tiermux.upstream.errors import UpstreamError
 
@@ -152,6 +156,7 @@ class QualityChecker:
         self.watched = frozenset(tiers[: own[-1] if own else len(tiers)])
         self._rates = quality.sample_rates
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(quality.queue_size)
+        self.pacing = CheckPacing(LoopLag(), quality.busy_lag_ms / 1000, quality.busy_checks_per_second)
         self._tasks: list[asyncio.Task[None]] = []  # the workers, and the fleet's mirror
         self._sharing: set[asyncio.Task[None]] = set()  # feedback on its way to the fleet's window
         self._random = random.Random()
@@ -195,6 +200,9 @@ class QualityChecker:
             self._put(_Job(category, endpoint, body, answer, streamed, json_expected, own_tier))
 
     def _put(self, job: _Job) -> None:
+        if not self.pacing.admits():
+            self.window.shed()
+            return
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -211,6 +219,7 @@ class QualityChecker:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
+        self.pacing.lag.start()
         self._tasks = [loop.create_task(self._work()) for _ in range(self.settings.concurrency)]
         if self.fleet is not None:
             self._tasks.append(loop.create_task(self.fleet.run(self.window)))
@@ -222,6 +231,7 @@ class QualityChecker:
             await asyncio.gather(*self._sharing, return_exceptions=True)
 
     async def aclose(self) -> None:
+        self.pacing.lag.stop()
         tasks = [*self._tasks, *self._sharing]
         for task in tasks:
             task.cancel()

@@ -34,8 +34,8 @@ COUNTERS = (
 )
 _FIRST_COUNTER = 2
 _RING = _FIRST_COUNTER + len(COUNTERS)
-EPOCH, DROPPED = 0, 1  # global cells, before the categories
-_GLOBAL = 2
+EPOCH, DROPPED, SHED = 0, 1, 2  # global cells, before the categories
+_GLOBAL = 3
 
 
 def window_cells(size: int) -> int:
@@ -69,7 +69,12 @@ class QualityWindow:
         self._cells.add(self._base[category] + _FIRST_COUNTER + COUNTERS.index(counter), n)
 
     def dropped(self, n: int = 1) -> None:
+        """Checks a full queue turned away."""
         self._cells.add(DROPPED, n)
+
+    def shed(self, n: int = 1) -> None:
+        """Checks a busy worker did not take on (``tiermux.quality.pacing``)."""
+        self._cells.add(SHED, n)
 
     def mean(self, category: str, now: float | None = None) -> tuple[float | None, int]:
         """The windowed mean score and how many scores it is over."""
@@ -144,4 +149,4 @@ class QualityWindow:
             }
             row.update({counter: load(base + _FIRST_COUNTER + i) for i, counter in enumerate(COUNTERS)})
             rows[name] = row
-        return {"dropped": load(DROPPED), "categories": rows}
+        return {"dropped": load(DROPPED), "shed": load(SHED), "categories": rows}

@@ -195,7 +195,9 @@ def _quality(out: _Writer, quality: QualityWindow) -> None:
         out.family(f"tiermux_quality_{counter}_total", "counter", help_text)
         for category, row in rows.items():
             out.sample(f"tiermux_quality_{counter}_total", row[counter], category=category)
-    out.family(
-        "tiermux_quality_dropped_total", "counter", "Checks dropped because a worker's queue was full."
-    )
-    out.sample("tiermux_quality_dropped_total", int(state["dropped"]))  # type: ignore[call-overload]
+    for name, help_text in (
+        ("dropped", "Checks dropped because a worker's queue was full."),
+        ("shed", "Checks a worker busy serving requests did not take on."),
+    ):
+        out.family(f"tiermux_quality_{name}_total", "counter", help_text)
+        out.sample(f"tiermux_quality_{name}_total", int(state[name]))  # type: ignore[call-overload]
