@@ -142,6 +142,7 @@ class Forwarder:
         self.router = router
         self.metrics = metrics
         self.quality = quality
+        self._cascading = quality is not None and bool(quality.settings.cascade)
         self._id_prefix = os.urandom(5).hex()
         self._id_prefixes: dict[tuple[str, str], str] = {}
         self._answers = 0
@@ -901,7 +902,7 @@ class Forwarder:
         asked for logprobs, and an answer less sure than the rule's threshold is booked and asked
         of the next tier before the client gets anything. Also the decision that answered, and
         what was paid for the unsure answer (0 when there was none)."""
-        rule = self._cascade_rule(decision, request) if endpoint != "/messages" else None
+        rule = self._cascade_rule(decision, request) if self._cascading and endpoint != "/messages" else None
         if rule is None:
             backend, response, payload = await self._forward(decision.backends, endpoint, body, start, end)
             return backend, response, payload, decision, 0

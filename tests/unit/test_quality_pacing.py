@@ -55,6 +55,16 @@ def test_over_a_busy_minute_the_trickle_holds_its_rate() -> None:
     assert 180 <= taken <= 183  # three a second, plus the bucket it started with
 
 
+def test_spare_tells_whether_a_check_could_be_taken_without_taking_it() -> None:
+    paced, clock = pacing(lag_ms=5, per_second=1)
+    assert paced.spare() and paced.spare()
+    assert paced.admits() and not paced.spare() and not paced.admits()
+    clock.now += 1
+    assert paced.spare() and paced.admits()
+    paced.lag.seconds = 0.0001
+    assert paced.spare()  # not busy: always
+
+
 def test_a_rate_below_one_still_admits_whole_checks() -> None:
     paced, clock = pacing(lag_ms=5, per_second=0.5)
     assert paced.admits() and not paced.admits()

@@ -178,8 +178,15 @@ class QualityChecker:
     ) -> None:
         """A watched tier's answer, to check when there is room: when it falls in the sample, or
         when a glance at its bytes suggests it may fail a cheap check (the check itself, which
-        parses the answer, runs in the background; most answers cost only this glance)."""
+        parses the answer, runs in the background; most answers cost only this glance, and a busy
+        worker's not even that)."""
         sampled = self._random.random() < self._rates.get(category, self.settings.sample_rate)
+        pacing = self.pacing
+        if pacing.lag.seconds > pacing.busy_lag and not pacing.spare():
+            # Busy, with no check to spare: the glance would only choose checks to shed.
+            if sampled:
+                self.window.shed()
+            return
         if sampled or json_expected or _suspect(answer, streamed):
             job = _Job(category, endpoint, body, answer, streamed, json_expected)
             job.sampled = sampled

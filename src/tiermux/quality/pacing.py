@@ -43,14 +43,21 @@ class CheckPacing:
     def busy(self) -> bool:
         return self.lag.seconds > self.busy_lag
 
+    def spare(self) -> bool:
+        """Whether a check could be taken on now (without taking it)."""
+        return self.lag.seconds <= self.busy_lag or self._refill() >= 1
+
     def admits(self) -> bool:
         """Whether to take on one more check now (a busy worker spends a token on it)."""
         if self.lag.seconds <= self.busy_lag:
             return True
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self.per_second)
-        self._last = now
-        if self._tokens < 1:
+        if self._refill() < 1:
             return False
         self._tokens -= 1
         return True
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self.per_second)
+        self._last = now
+        return self._tokens
