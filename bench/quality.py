@@ -372,6 +372,23 @@ def _quality_lines(
     return lines
 
 
+def _shedding_lines(
+    counter: ReferenceCalls, saturated: list[WrkResult], paced: list[WrkResult], stats: dict[str, Any]
+) -> list[str]:
+    """How many checks the default settings really made at each load."""
+    return [
+        "How many of its answers quality-5% checked: the reference calls per 1,000 requests were "
+        f"{_per_thousand(*counter.of(saturated)[:2])} at saturation and "
+        f"{_per_thousand(*counter.of(paced)[:2])} at the fixed pace (5% is 50). A worker whose event "
+        "loop lags is busy serving and sheds checks; over the whole run the instance shed "
+        f"{stats['quality']['shed']:,} and checked {_samples(stats):,}.",
+    ]
+
+
+def _samples(stats: dict[str, Any]) -> int:
+    return sum(int(row["samples"]) for row in stats["quality"]["categories"].values())
+
+
 def _per_thousand(calls: int, requests: int) -> str:
     return f"{1000 * calls / requests:.1f}" if requests else "-"
 
@@ -651,6 +668,8 @@ def quality_report(
         + ", p99 "
         + ", ".join(f"{x:.2f}" for x in paced_rounds["p99_ms"])
         + ")",
+        "",
+        *_shedding_lines(counter, by_target["quality-5%"], paced_by["quality-5%"], after["quality-5%"]),
         "",
         "## Targets",
         "",

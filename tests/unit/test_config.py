@@ -659,6 +659,7 @@ def test_the_default_service_may_have_a_budget() -> None:
         ({"quality": {"enabled": True, "reference": "nope"}}, "$.quality.reference", "unknown backend"),
         ({"quality": {"sample_rates": {"poetry": 0.5}}}, "$.quality.sample_rates.poetry", "unknown category"),
         ({"quality": {"sample_rate": 1.5}}, "$.quality.sample_rate", ""),
+        ({"quality": {"busy_lag_ms": -1}}, "$.quality.busy_lag_ms", ""),
         (
             {"quality": {"cascade": {"poetry": {"threshold": -1}}}},
             "$.quality.cascade.poetry",
@@ -684,6 +685,7 @@ def test_the_default_service_may_have_a_budget() -> None:
         "quality-unknown-reference",
         "quality-unknown-category",
         "quality-rate",
+        "quality-busy-lag",
         "cascade-category",
         "cascade-threshold",
     ],
