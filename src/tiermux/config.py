@@ -314,9 +314,9 @@ class QualityConfig(_Strict, frozen=True):
     concurrency: PositiveInt = 2
     """Reference calls in flight per worker."""
     busy_lag_ms: NonNegativeFloat = 1.0
-    """A worker whose event loop runs what is due this late (smoothed) is busy serving requests:
-    it takes on at most ``busy_checks_per_second`` checks and sheds the rest (counted); 0 never
-    sheds."""
+    """A worker whose event loop runs what is due this late (smoothed) is busy serving requests
+    until the lag is back under half of it: it takes on at most ``busy_checks_per_second`` checks
+    and sheds the rest (counted); 0 never sheds."""
     busy_checks_per_second: NonNegativeFloat = 2.0
     """Checks a busy worker still takes on, so that a fully loaded proxy keeps watching quality."""
     service: str = "quality"

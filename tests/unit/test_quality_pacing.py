@@ -22,10 +22,10 @@ class Clock:
 
 
 def pacing(lag_ms: float, busy_lag_ms: float = 1.0, per_second: float = 2.0) -> tuple[CheckPacing, Clock]:
-    lag = LoopLag()
-    lag.seconds = lag_ms / 1000
     clock = Clock()
-    return CheckPacing(lag, busy_lag_ms / 1000, per_second, clock), clock
+    paced = CheckPacing(LoopLag(), busy_lag_ms / 1000, per_second, clock)
+    paced.follow(lag_ms / 1000)
+    return paced, clock
 
 
 def test_a_worker_that_keeps_up_takes_on_every_check() -> None:
@@ -61,7 +61,7 @@ def test_spare_tells_whether_a_check_could_be_taken_without_taking_it() -> None:
     assert paced.admits() and not paced.spare() and not paced.admits()
     clock.now += 1
     assert paced.spare() and paced.admits()
-    paced.lag.seconds = 0.0001
+    paced.follow(0.0001)
     assert paced.spare()  # not busy: always
 
 
@@ -77,8 +77,32 @@ def test_a_rate_below_one_still_admits_whole_checks() -> None:
 def test_no_rate_sheds_every_check_while_busy_and_none_when_not() -> None:
     paced, _ = pacing(lag_ms=5, per_second=0)
     assert not any(paced.admits() for _ in range(10))
-    paced.lag.seconds = 0.0002
+    paced.follow(0.0002)
     assert paced.admits()
+
+
+def test_a_busy_worker_is_calm_again_only_under_half_the_line() -> None:
+    paced, _ = pacing(lag_ms=0.9, per_second=0)
+    readings = [0.9, 1.1, 0.9, 0.6, 0.51, 0.49, 0.9, 1.01]  # ms, one per tick
+    busy = []
+    for ms in readings:
+        paced.follow(ms / 1000)
+        busy.append(paced.busy)
+    assert busy == [False, True, True, True, True, False, False, True]
+
+
+def test_the_lag_tells_the_pacing_on_every_tick(loop: asyncio.AbstractEventLoop) -> None:
+    lag = LoopLag(interval=0.002)
+    paced = CheckPacing(lag, busy_lag=1e-9, per_second=0)  # any lag at all is busy
+
+    async def run() -> None:
+        lag.start()
+        await asyncio.sleep(0.05)
+        lag.stop()
+
+    assert not paced.busy
+    loop.run_until_complete(run())
+    assert paced.busy and not paced.admits()
 
 
 def test_a_busy_lag_of_zero_never_counts_a_worker_busy() -> None:

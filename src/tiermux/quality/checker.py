@@ -182,7 +182,7 @@ class QualityChecker:
         worker's not even that)."""
         sampled = self._random.random() < self._rates.get(category, self.settings.sample_rate)
         pacing = self.pacing
-        if pacing.lag.seconds > pacing.busy_lag and not pacing.spare():
+        if pacing.busy and not pacing.spare():
             # Busy, with no check to spare: the glance would only choose checks to shed.
             if sampled:
                 self.window.shed()

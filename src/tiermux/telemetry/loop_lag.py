@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 __all__ = ["LoopLag"]
 
@@ -29,6 +30,7 @@ class LoopLag:
     def __init__(self, interval: float = 0.025) -> None:
         self.interval = interval
         self.seconds = 0.0  # the smoothed lag
+        self.on_tick: Callable[[float], None] | None = None  # told the smoothed lag on every tick
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sent = 0.0
         self._timer: asyncio.Handle | None = None
@@ -63,4 +65,6 @@ class LoopLag:
     def _tick(self) -> None:
         late = time.perf_counter() - self._sent
         self.seconds += _SMOOTHING * (late - self.seconds)
+        if self.on_tick is not None:
+            self.on_tick(self.seconds)
         self._schedule()
