@@ -577,8 +577,8 @@ def quality_report(
         "tasks per worker take them off it, re-ask them of the reference and score them. A full queue",
         "drops the check and counts it (`quality.dropped`). Checks yield to requests: once a worker's",
         f"event loop lags more than `busy_lag_ms` ({DEFAULTS.busy_lag_ms:g} ms, smoothed), until it is back",
-        f"under half of that, it takes on at most `busy_checks_per_second` ({DEFAULTS.busy_checks_per_second:g})",
-        "and sheds the rest (`quality.shed`).",
+        "under half of that, it takes on at most `busy_checks_per_second` "
+        f"({DEFAULTS.busy_checks_per_second:g}) and sheds the rest (`quality.shed`).",
         "The reference calls per 1,000 requests below show how many checks each load really got.",
         "",
         "All instances run for the whole run; only the one being measured is loaded. The reference",
