@@ -669,6 +669,11 @@ def quality_report(
         + ", ".join(f"{x:.2f}" for x in paced_rounds["p99_ms"])
         + ")",
         "",
+        "Latency at this pace follows the hypervisor's steal time more than anything running here",
+        "(the `other + steal CPU` column of every run below).",
+        "",
+        *quiet_section(args, paced_by, label),
+        "",
         *_shedding_lines(counter, by_target["quality-5%"], paced_by["quality-5%"], after["quality-5%"]),
         "",
         "## Targets",
