@@ -261,8 +261,8 @@ def settle(reference: Service, quiet: float = 1.0, timeout: float = 30.0) -> int
 
 
 class ReferenceCalls:
-    """Through the :data:`Runner` s it wraps (``counting``): the reference mock's chat completions
-    during each run, and its CPU per request taken out of the proxy's (it is watched, so that it
+    """For every run of the runners it wraps (``counting``): the reference mock's chat completions
+    during the run, and its CPU per request, taken out of the proxy's (it is watched, so that it
     does not count as other load, but it is the reference backend's work, not the proxy's)."""
 
     def __init__(self, reference: Service, targets: tuple[str, ...]) -> None:
@@ -669,8 +669,8 @@ def quality_report(
         + ", ".join(f"{x:.2f}" for x in paced_rounds["p99_ms"])
         + ")",
         "",
-        "Latency at this pace follows the hypervisor's steal time more than anything running here",
-        "(the `other + steal CPU` column of every run below).",
+        "Latency at this pace moves with the CPU other processes and the hypervisor take (the",
+        "`other + steal CPU` column of every run below).",
         "",
         *quiet_section(args, paced_by, label),
         "",
