@@ -199,6 +199,36 @@ def test_a_busy_worker_sheds_checks_and_still_takes_on_a_trickle(
     assert "tiermux_quality_shed_total " + str(state["shed"]) in client.get("/metrics").text
 
 
+def test_a_busy_worker_with_no_check_to_spare_does_not_even_glance_at_answers(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked(sample_rate=0.0, busy_lag_ms=1e-6, busy_checks_per_second=0)
+    cloud.configure(text=AGREED)
+    vllm.configure(text=AGREED)
+    ask(client)  # starts the checker and the lag's measuring
+    assert client.app.quality is not None
+    pacing = client.app.quality.pacing
+    deadline = time.monotonic() + 5
+    while not pacing.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pacing.busy and not pacing.spare()
+    vllm.configure(text="I'm sorry, but I can't help with that.")
+    ask(client)  # a refusal the glance would flag, were there a check to take it on
+    state = settle(client)
+    # Glanced at, it would have become a check and been shed (counted); unseen, nothing counts it.
+    assert state["shed"] == 0 and state["categories"]["extraction"]["check_failures"] == 0
+    assert cloud.stats()["requests"] == 0
+
+    async def calm() -> None:  # no more ticks: calm again for good
+        pacing.lag.stop()
+        pacing.follow(0.0)
+
+    client.run(calm())
+    ask(client)  # the same answer, glanced at and checked
+    state = settle(client)
+    assert state["categories"]["extraction"]["check_failures"] == 1 and cloud.stats()["requests"] == 1
+
+
 def test_feedback_feeds_the_window_and_needs_an_id_tiermux_gave(
     checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
 ) -> None:
