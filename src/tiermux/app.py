@@ -23,6 +23,7 @@ from tiermux.api.auth import Authenticator
 from tiermux.api.errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
 from tiermux.api.headers import JSON_HEADERS
 from tiermux.api.wire import ModelCard, ModelList, encode_decision
+from tiermux.background import close_all
 from tiermux.cache.responses import ResponseCache
 from tiermux.cache.shared import SharedCache
 from tiermux.config import Config, is_loopback, load_config
@@ -335,21 +336,21 @@ class TiermuxApp:
                 return
 
     async def aclose(self) -> None:
-        await self.health.close()
-        await self.cache.aclose()
+        """Stop the background work, then close what it used: Redis once nothing talks to it any
+        more, the upstream pools last. A step that fails is logged and the rest still run."""
+        steps: list[Callable[[], object]] = [self.health.close, self.cache.aclose]
         if self.quality is not None:
-            await self.quality.aclose()
+            steps.append(self.quality.aclose)
         if self.metrics is not None:
-            self.metrics.release_slot()
+            steps.append(self.metrics.release_slot)
         if self.access_log is not None:
-            self.access_log.close()
+            steps.append(self.access_log.close)
         if self.redis is not None:
-            await self.budgets.drain()
-            await self.redis.aclose()
-        self.segment.close(remove=False)  # the segment is its serve's to remove
-        self.forwarder.disconnects.close()
-        for backend in self.backends.values():
-            await backend.aclose()
+            steps += [self.budgets.drain, self.redis.aclose]
+        steps.append(lambda: self.segment.close(remove=False))  # the segment is its serve's to remove
+        steps.append(self.forwarder.disconnects.close)
+        steps += [backend.aclose for backend in self.backends.values()]
+        await close_all(steps)
 
 
 class _Feedback(msgspec.Struct, forbid_unknown_fields=True):

@@ -159,6 +159,22 @@ def test_a_dead_reference_backend_changes_nothing_for_clients(
     assert state["samples"] == 0 and not state["promoted"]
 
 
+def test_an_answer_after_the_checks_are_closed_starts_none_again(
+    checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
+) -> None:
+    client = checked()
+    vllm.configure(text=AGREED)
+    cloud.configure(text=AGREED)
+    ask(client)
+    settle(client)
+    assert client.app.quality is not None
+    assert cloud.stats()["requests"] == 1
+    client.run(client.app.quality.aclose())  # the worker is shutting down
+    ask(client)  # an answer still in flight, sampled
+    time.sleep(0.2)
+    assert cloud.stats()["requests"] == 1  # no check was started for it
+
+
 def test_a_full_queue_drops_checks_instead_of_slowing_requests(
     checked: Callable[..., ProxyClient], vllm: BackendHandle, cloud: BackendHandle
 ) -> None:

@@ -275,3 +275,50 @@ def test_a_reservation_whose_caller_left_mid_call_is_released(
     spent, committed, _, _ = client.run(cancel_while_redis_is_paused())
     admin.close()
     assert (spent, committed) == (0, 0)
+
+
+def test_a_shutdown_step_that_fails_still_leaves_no_redis_connection_open(
+    fleet: Callable[..., ProxyClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = fleet()
+    assert client.chat(model="smart", max_tokens=8).status_code == 200  # connections, mirror running
+    link = client.app.redis
+    assert link is not None
+
+    async def broken_close() -> None:
+        raise RuntimeError("health could not close")
+
+    client.app.health.close = broken_close  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="tiermux"):
+        client.close()  # fails the test if a connection is left open for the loop to find
+    assert any("closing the rest" in r.getMessage() for r in caplog.records)
+    assert link.closed and link.away  # and nothing asks Redis any more
+
+
+def test_the_health_mirror_outlives_a_key_of_another_type(
+    fleet: Callable[..., ProxyClient],
+    mocks: tuple[BackendHandle, BackendHandle],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, second = fleet(), fleet()
+    assert first.app.redis is not None
+    key = first.app.redis.key("health")
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        with caplog.at_level("ERROR", logger="tiermux.state"):
+            admin.set(key, "not a hash")  # every look fails with WRONGTYPE
+            assert first.chat(model="local").status_code == 200
+            assert second.chat(model="local").status_code == 200  # both mirrors running
+            assert wait_until(
+                lambda: sum("sharing backend health" in r.getMessage() for r in caplog.records) >= 2,
+                timeout=5,
+            )
+        admin.delete(key)
+    finally:
+        admin.close()
+    # Both mirrors are still at work: a backend one instance finds down is down for the other.
+    mocks[0].configure(fail_rate=1.0, fail_mode="status", fail_status=503)
+    for _ in range(2):
+        first.chat(model="local")
+    assert wait_until(lambda: second.app.health.state["local"].down, timeout=5)

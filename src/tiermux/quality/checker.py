@@ -32,7 +32,6 @@ service, so that they show in the books and budgets like any other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine
@@ -42,6 +41,7 @@ import msgspec
 
 from tiermux._speedups import jsonscan
 from tiermux.accounting.ledger import Ledger
+from tiermux.background import stop_tasks
 from tiermux.cache.replay import assemble
 from tiermux.config import Config
 from tiermux.dialects import Untranslatable
@@ -159,6 +159,7 @@ class QualityChecker:
         self.pacing = CheckPacing(LoopLag(), quality.busy_lag_ms / 1000, quality.busy_checks_per_second)
         self._tasks: list[asyncio.Task[None]] = []  # the workers, and the fleet's mirror
         self._sharing: set[asyncio.Task[None]] = set()  # feedback on its way to the fleet's window
+        self._closed = False  # closed: an answer that comes in late starts no checks again
         self._random = random.Random()
 
     def __repr__(self) -> str:
@@ -223,7 +224,7 @@ class QualityChecker:
     def start(self) -> None:
         """Start the workers, and the mirror of the fleet's promotions in distributed mode (needs
         a running loop; cheap to call again)."""
-        if self._tasks:
+        if self._tasks or self._closed:
             return
         loop = asyncio.get_running_loop()
         self.pacing.lag.start()
@@ -238,15 +239,12 @@ class QualityChecker:
             await asyncio.gather(*self._sharing, return_exceptions=True)
 
     async def aclose(self) -> None:
+        self._closed = True
         self.pacing.lag.stop()
         tasks = [*self._tasks, *self._sharing]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self._tasks = []
         self._sharing.clear()
+        await stop_tasks(tasks, "the quality checks")
 
     async def _work(self) -> None:
         while True:

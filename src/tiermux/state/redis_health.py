@@ -18,10 +18,13 @@ workers of one machine. While Redis is away the machine goes on with its own hea
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from tiermux.state.redis_link import RedisLink
 from tiermux.upstream.health import Health
+
+logger = logging.getLogger("tiermux.state")
 
 __all__ = ["MIRROR_INTERVAL", "RedisHealthMirror"]
 
@@ -52,8 +55,16 @@ class RedisHealthMirror:
 
     async def run(self, health: Health) -> None:
         self._seen = {name: s.down for name, s in health.state.items()}
+        broken = False  # an unexpected error was logged (once, until a look succeeds)
         while True:
-            await self.sync(health)
+            try:
+                await self.sync(health)
+            except Exception:  # the mirror must outlive whatever Redis answers (a key of another type)
+                if not broken:
+                    logger.exception("sharing backend health through Redis failed")
+                broken = True
+            else:
+                broken = False
             await asyncio.sleep(self.interval)
 
     async def sync(self, health: Health) -> None:

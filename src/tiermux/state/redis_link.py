@@ -10,6 +10,7 @@ log line: Redis is named by host and port only.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +58,7 @@ class RedisLink:
         self.errors = redis_errors()
         self._away_until = 0.0
         self._away_since = 0.0
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"<RedisLink {self.where} {'away' if self.away else 'up'}>"
@@ -70,6 +72,8 @@ class RedisLink:
         return ":".join((self.prefix, *parts))
 
     def failed(self, exc: BaseException) -> None:
+        if self.closed:
+            return
         now = time.monotonic()
         first = self._away_since == 0.0
         self._away_until = now + self.config.retry_interval
@@ -89,7 +93,7 @@ class RedisLink:
             )
 
     def succeeded(self) -> None:
-        if self._away_since:
+        if self._away_since and not self.closed:
             logger.warning(
                 "Redis at %s answers again after %.1fs; budgets and health are shared again",
                 self.where,
@@ -99,5 +103,9 @@ class RedisLink:
             self._away_until = 0.0
 
     async def aclose(self) -> None:
+        # Away for good: callers check, so none opens a connection again (a call after the
+        # pool's disconnect would reconnect, and leave the connection open past the loop).
+        self.closed = True
+        self._away_until = math.inf
         await self.client.aclose()
         await self.pool.disconnect()  # the client does not own a pool it was given

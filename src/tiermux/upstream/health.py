@@ -22,13 +22,13 @@ so that a worker killed mid-request leaves no phantom load behind).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from tiermux._speedups import atomics
+from tiermux.background import stop_tasks
 from tiermux.state import HEALTH_FIELDS
 from tiermux.upstream.backend import Backend
 
@@ -252,12 +252,9 @@ class Health:
                 self._mirroring = loop.create_task(self.mirror.run(self))
 
     async def close(self) -> None:
-        for task in (self._prober, self._mirroring):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [task for task in (self._prober, self._mirroring) if task is not None]
         self._prober = self._mirroring = None
+        await stop_tasks(tasks, "backend health's background work")
 
     async def _probe_forever(self) -> None:
         # Wake often enough to take a probe turn on time; the turns themselves are shared.
