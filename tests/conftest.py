@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,46 @@ from tiermux.config import Config, load_config
 # No example database in the checkout, and no per-example deadline on a shared 2-core machine.
 settings.register_profile("tiermux", database=None, deadline=None)
 settings.load_profile("tiermux")
+
+
+# --- a stuck test ------------------------------------------------------------------------------
+
+# pytest-timeout (set in pyproject.toml) fails a test stuck for two minutes with a signal, and the
+# run goes on. A signal can't reach a thread blocked in uvloop's poll, or one waiting on code that
+# holds the GIL: a test still stuck a minute later ends the run, printing every thread's stack and
+# then its own name last, where the tail of a CI log shows them. Were the GIL never released,
+# faulthandler's C watchdog (pyproject.toml) ends the run a minute after that.
+STUCK_SECONDS = 180
+_stderr = -1  # the terminal's, not the capture's: a copy of fd 2 taken before any test runs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _stderr
+    _stderr = os.dup(sys.stderr.fileno())
+
+
+def _give_up(nodeid: str) -> None:
+    frames = sys._current_frames()
+    report = []
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident or 0)
+        if frame is not None and thread is not threading.current_thread():
+            report.append(f"--- thread {thread.name}, most recent call last\n")
+            report.extend(traceback.format_stack(frame))
+    report.append(f"tests: {nodeid} stuck for {STUCK_SECONDS} s; the run ends here\n")
+    os.write(_stderr, "".join(report).encode(errors="replace"))
+    os._exit(1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    watchdog = threading.Timer(STUCK_SECONDS, _give_up, args=(item.nodeid,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return (yield)
+    finally:
+        watchdog.cancel()
 
 
 # --- mock backends -----------------------------------------------------------------------------

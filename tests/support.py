@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -204,6 +205,10 @@ class ProxyClient:
         return self.post("/v1/chat/completions", json=payload)
 
     def close(self) -> None:
+        """Close the app as a worker's shutdown does, then the loop (once; again is nothing)."""
+        if self._loop.is_closed():
+            return
+
         async def shutdown() -> None:
             await self.client.aclose()
             await self.app.aclose()
@@ -220,23 +225,39 @@ class ProxyClient:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            if self._thread.is_alive():  # its loop is stuck in a call: leave it, say so
+                raise RuntimeError("the proxy's loop did not stop within 10 s")
+            # Bounded like every wait here: a generator that won't close is an error, not a hang.
+            self._loop.run_until_complete(asyncio.wait_for(self._loop.shutdown_asyncgens(), 10))
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        """Close the loop; a connection the app left open fails the test. uvloop warns of each
+        (ResourceWarning) before closing it, and a warning turned into an error by the test run
+        would skip the closing and leave ``close`` waiting on the connection forever."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             self._loop.close()
+        left_open = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert not left_open, f"the app left open: {left_open}"
 
 
 # --- many requests at once ---------------------------------------------------------------------
 
 
 async def post_once(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """A chat completion on a connection of its own (so that many can be open at once)."""
+    """A chat completion on a connection of its own (so that many can be open at once); one not
+    answered and closed within 60 s raises ``TimeoutError``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: tiermux\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     writer.write(head.encode() + body)
-    raw = await reader.read(-1)
-    writer.close()
+    try:
+        raw = await asyncio.wait_for(reader.read(-1), 60)
+    finally:
+        writer.close()
     head_bytes, _, payload = raw.partition(b"\r\n\r\n")
     lines = head_bytes.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
