@@ -1,8 +1,9 @@
 """Stopping a worker's background tasks, and closing its parts, at shutdown.
 
 Every background loop (re-probing, the Redis mirrors, the quality checks) catches and logs its
-own errors; one that died anyway must not stop the shutdown from closing the rest. A connection
-left open by a shutdown cut short outlives the worker's event loop, which then cannot close.
+own errors; one that died anyway, or that does not stop when cancelled, must not stop the
+shutdown from closing the rest. A connection left open by a shutdown cut short outlives the
+worker's event loop, which then cannot close.
 """
 
 from __future__ import annotations
@@ -17,15 +18,27 @@ __all__ = ["close_all", "stop_tasks"]
 logger = logging.getLogger("tiermux")
 
 
+# A cancellation can be lost inside a library (one that turns it into its own timeout error, say,
+# which the loop then catches and goes on): a task still running is asked again this often, and
+# given up on (logged) after STOP_SECONDS, so that a shutdown always ends.
+RECANCEL_SECONDS = 0.25
+STOP_SECONDS = 5.0
+
+
 async def stop_tasks(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
     """Cancel ``tasks`` and wait until each has ended; one that had died of an error is logged."""
-    tasks = list(tasks)
-    for task in tasks:
-        task.cancel()
-    ended = await asyncio.gather(*tasks, return_exceptions=True)
-    for outcome in ended:
-        if isinstance(outcome, Exception):
-            logger.error("%s had stopped on an error", what, exc_info=outcome)
+    pending = set(tasks)
+    deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=RECANCEL_SECONDS)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("%s had stopped on an error", what, exc_info=task.exception())
+        if pending and asyncio.get_running_loop().time() >= deadline:
+            logger.error("%s did not stop within %gs of being cancelled: %s", what, STOP_SECONDS, pending)
+            return
 
 
 async def close_all(steps: Iterable[Callable[[], object]]) -> None:

@@ -4,7 +4,9 @@ another fails before it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 import pytest
 
@@ -63,3 +65,57 @@ def test_stopping_tasks_cancels_and_waits_for_them_and_logs_one_that_had_died(
 
 def test_stopping_no_tasks_is_nothing() -> None:
     asyncio.run(stop_tasks([], "nothing"))
+
+
+def test_a_task_that_lost_its_cancellation_is_cancelled_again() -> None:
+    looks: list[str] = []
+
+    async def mirror() -> None:  # a loop whose call turns a cancellation into an error it catches
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                looks.append("swallowed")
+                if len(looks) > 1:
+                    raise
+            await asyncio.sleep(0.01)
+
+    async def run() -> bool:
+        task = asyncio.ensure_future(mirror())
+        await asyncio.sleep(0.01)
+        await stop_tasks([task], "the mirror")
+        return task.cancelled()
+
+    assert asyncio.run(run())
+    assert looks == ["swallowed", "swallowed"]
+
+
+def test_a_task_that_never_stops_is_given_up_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("tiermux.background.STOP_SECONDS", 0.6)
+
+    given_up = False
+
+    async def stubborn() -> None:
+        while not given_up:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    async def run() -> tuple[bool, float]:
+        nonlocal given_up
+        task = asyncio.ensure_future(stubborn())
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await stop_tasks([task], "the stubborn loop")
+        waited = time.monotonic() - started
+        stopped = task.done()
+        given_up = True  # so that the test's own loop can end it
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return stopped, waited
+
+    with caplog.at_level(logging.ERROR, logger="tiermux"):
+        stopped, waited = asyncio.run(run())
+    assert not stopped and 0.5 <= waited < 2.0
+    assert any("did not stop within 0.6s" in r.getMessage() for r in caplog.records)
