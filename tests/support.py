@@ -240,6 +240,8 @@ class ProxyClient:
             self._loop.close()
         left_open = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
         assert not left_open, f"the app left open: {left_open}"
+        for w in caught:  # any other warning is the test run's, as it would have been
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 # --- many requests at once ---------------------------------------------------------------------
