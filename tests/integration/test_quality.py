@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from bench.mock_backend import BackendHandle
-from tests.support import ProxyClient
+from tests.support import ProxyClient, wait_until
 
 AGREED = "The invoice total is 42 euros, due on 1 March."
 OTHER = "Bananas are yellow and grow in bunches on tall plants."
@@ -199,9 +199,7 @@ def test_a_busy_worker_sheds_checks_and_still_takes_on_a_trickle(
     ask(client)  # starts the checker and the lag's measuring: this check may come before the first tick
     assert client.app.quality is not None
     pacing = client.app.quality.pacing
-    deadline = time.monotonic() + 5
-    while not pacing.busy and time.monotonic() < deadline:  # busy from the lag's first tick on
-        time.sleep(0.01)
+    assert wait_until(lambda: pacing.busy)  # busy from the lag's first tick on
     assert pacing.busy
     started = time.monotonic()
     for _ in range(6):
@@ -224,9 +222,7 @@ def test_a_busy_worker_with_no_check_to_spare_does_not_even_glance_at_answers(
     ask(client)  # starts the checker and the lag's measuring
     assert client.app.quality is not None
     pacing = client.app.quality.pacing
-    deadline = time.monotonic() + 5
-    while not pacing.busy and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: pacing.busy)
     assert pacing.busy and not pacing.spare()
     vllm.configure(text="I'm sorry, but I can't help with that.")
     ask(client)  # a refusal the glance would flag, were there a check to take it on
